@@ -1,0 +1,68 @@
+"""lakever: versioned computer-vision and ML datasets on Delta Lake.
+
+Example:
+    >>> import lakever as lv
+    >>> lake = lv.connect("./lakever-data")  # doctest: +SKIP
+    >>> ds = lake.create_dataset("traffic", classes=["car", "person"])  # doctest: +SKIP
+    >>> ds.add_frames(frames)  # doctest: +SKIP
+    >>> ds.create_snapshot("v1")  # doctest: +SKIP
+    >>> ds.at("v1").read("labels")  # doctest: +SKIP
+"""
+
+from lakever.catalog import Lake, connect
+from lakever.commits import ChangeCounts, Commit
+from lakever.dataset import Dataset, Ref
+from lakever.errors import (
+    CommitNotFoundError,
+    ConflictError,
+    CorruptLakeError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    InvalidNameError,
+    InvalidRefError,
+    LakeverError,
+    ReadOnlyError,
+    RowError,
+    RowNotFoundError,
+    SnapshotExistsError,
+    SnapshotNotFoundError,
+    SnapshotsExistError,
+    StorageError,
+    TableNotFoundError,
+    ValidationError,
+)
+from lakever.tags import Snapshot
+from lakever.transaction import Transaction
+from lakever.view import View
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChangeCounts",
+    "Commit",
+    "CommitNotFoundError",
+    "ConflictError",
+    "CorruptLakeError",
+    "Dataset",
+    "DatasetExistsError",
+    "DatasetNotFoundError",
+    "InvalidNameError",
+    "InvalidRefError",
+    "Lake",
+    "LakeverError",
+    "ReadOnlyError",
+    "Ref",
+    "RowError",
+    "RowNotFoundError",
+    "Snapshot",
+    "SnapshotExistsError",
+    "SnapshotNotFoundError",
+    "SnapshotsExistError",
+    "StorageError",
+    "TableNotFoundError",
+    "Transaction",
+    "ValidationError",
+    "View",
+    "__version__",
+    "connect",
+]

@@ -1,0 +1,310 @@
+"""Staging: the net effect of a commit's operations on each table.
+
+A commit replays its operations (upsert, delete, replace, ...) against the
+HEAD it is based on. `Stage` keeps, per table, the rows put and the keys
+deleted so far, answers "what are the current rows" by overlaying them on the
+base version, and finally reduces everything to a `TableChange`: the rows to
+insert, the rows that really changed, and the keys to delete. Rows re-sent
+with identical values drop out here, so they cost nothing downstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from lakever import _delta
+from lakever.commits import ChangeCounts, Commit
+from lakever.errors import RowError, RowNotFoundError, ValidationError
+from lakever.schema import key_column, prepare_rows, table_kind
+from lakever.storage import Location
+
+OP_COLUMN = "_lakever_op"
+
+
+@dataclass
+class TableChange:
+    """What one commit does to one table."""
+
+    table: str
+    key: str
+    inserts: pl.DataFrame
+    updates: pl.DataFrame
+    deletes: pl.DataFrame  # base rows of deleted keys
+    touched_base: pl.DataFrame  # base rows of every touched key
+    restore_to: int | None = None  # revert: make the table equal this version
+    drop: bool = False  # revert: the table does not exist at the target
+    counts: ChangeCounts = field(default_factory=ChangeCounts)
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether the change leaves the table as it was."""
+        if self.drop or self.restore_to is not None:
+            return False
+        return self.inserts.is_empty() and self.updates.is_empty() and self.deletes.is_empty()
+
+
+class Stage:
+    """Rows put and deleted per table on top of one base commit."""
+
+    def __init__(self, head: Commit, table_location: Callable[[str], Location]) -> None:
+        self.head = head
+        self.classes: tuple[str, ...] = head.classes
+        self.pins: dict[str, int] = dict(head.pins)
+        self._loc = table_location
+        self._puts: dict[str, pl.DataFrame] = {}
+        self._deletes: dict[str, set[str]] = {}
+        self._base: dict[str, pl.DataFrame] = {}
+        self._looked_up: dict[str, set[str]] = {}
+        self._restores: dict[str, int | None] = {}
+        self._schemas: dict[str, dict[str, pl.DataType]] = {}
+
+    # -- the base version ------------------------------------------------------
+
+    def base_version(self, table: str) -> int | None:
+        """The Delta version of `table` at the base commit (None if absent)."""
+        return self.head.table_versions.get(table)
+
+    def schema(self, table: str) -> dict[str, pl.DataType]:
+        """Column types of the table: base version plus columns staged since."""
+        if table not in self._schemas:
+            v = self.base_version(table)
+            self._schemas[table] = {} if v is None else _delta.schema_at(self._loc(table), v)
+        out = dict(self._schemas[table])
+        staged = self._puts.get(table)
+        if staged is not None:
+            for name, dtype in staged.schema.items():
+                out.setdefault(name, dtype)
+        return out
+
+    def _scan_base(self, table: str, column: str, values: pl.Series) -> pl.DataFrame:
+        v = self.base_version(table)
+        if v is None or values.is_empty():
+            return pl.DataFrame(schema=self.schema(table))
+        return (
+            _delta.scan(self._loc(table), v)
+            .filter(pl.col(column).is_in(values.unique().implode()))
+            .collect()
+        )
+
+    def base_rows(self, table: str, keys: pl.Series) -> pl.DataFrame:
+        """Base rows of the given keys (fetched once, then cached)."""
+        key = key_column(table_kind(table))
+        seen = self._looked_up.setdefault(table, set())
+        needed = keys.filter(~keys.is_in(list(seen))) if seen else keys
+        if not needed.is_empty():
+            found = self._scan_base(table, key, needed)
+            self._remember(table, found)
+            seen.update(needed.to_list())
+        cached = self._base.get(table)
+        if cached is None:
+            return pl.DataFrame(schema=self.schema(table))
+        return cached.filter(pl.col(key).is_in(keys.implode()))
+
+    def _remember(self, table: str, rows: pl.DataFrame) -> None:
+        if rows.is_empty():
+            return
+        key = key_column(table_kind(table))
+        self._looked_up.setdefault(table, set()).update(rows[key].to_list())
+        prev = self._base.get(table)
+        if prev is None:
+            self._base[table] = rows
+        else:
+            new = rows.filter(~pl.col(key).is_in(prev[key].implode()))
+            self._base[table] = pl.concat([prev, new], how="diagonal_relaxed")
+
+    # -- current rows (base overlaid with staged changes) ----------------------
+
+    def _staged_keys(self, table: str) -> set[str]:
+        key = key_column(table_kind(table))
+        puts = self._puts.get(table)
+        keys = set(self._deletes.get(table, set()))
+        if puts is not None:
+            keys.update(puts[key].to_list())
+        return keys
+
+    def current_by(self, table: str, column: str, values: pl.Series) -> pl.DataFrame:
+        """Current rows of `table` whose `column` is one of `values`."""
+        key = key_column(table_kind(table))
+        if self._restores.get(table, 0) is None:
+            return pl.DataFrame(schema=self.schema(table))
+        if column == key:
+            base = self.base_rows(table, values)
+        else:
+            base = self._scan_base(table, column, values)
+            self._remember(table, base)
+        staged = self._staged_keys(table)
+        if staged:
+            base = base.filter(~pl.col(key).is_in(list(staged)))
+        parts = [base]
+        puts = self._puts.get(table)
+        if puts is not None:
+            parts.append(puts.filter(pl.col(column).is_in(values.implode())))
+        return pl.concat(parts, how="diagonal_relaxed")
+
+    def existing_keys(self, table: str, keys: pl.Series) -> set[str]:
+        """Which of `keys` exist in the current state of `table`."""
+        key = key_column(table_kind(table))
+        return set(self.current_by(table, key, keys)[key].to_list())
+
+    # -- operations -------------------------------------------------------------
+
+    def validate(self, table: str, rows: pl.DataFrame, *, partial: bool = False) -> pl.DataFrame:
+        """Validate a batch against the class map and the table's current column types."""
+        return prepare_rows(
+            table, rows, classes=self.classes, existing=self.schema(table), partial=partial
+        )
+
+    def put(
+        self,
+        table: str,
+        rows: pl.DataFrame,
+        *,
+        require: bool | None = None,
+    ) -> None:
+        """Stage rows; columns a row lacks keep their current values.
+
+        Args:
+            table: target table.
+            rows: validated rows, with the key column.
+            require: True -> every key must exist; False -> none may; None -> either.
+        """
+        key = key_column(table_kind(table))
+        if rows.is_empty():
+            return
+        current = self.current_by(table, key, rows[key])
+        if require is False and not current.is_empty():
+            dup = rows.filter(pl.col(key).is_in(current[key].implode()))
+            raise ValidationError(
+                table,
+                [
+                    RowError("exists", k, key, k, "already exists; use upsert to change it")
+                    for k in dup[key].to_list()
+                ],
+            )
+        if require is True:
+            missing = rows.filter(~pl.col(key).is_in(current[key].implode()))[key].to_list()
+            if missing:
+                raise RowNotFoundError(
+                    f"{len(missing)} key(s) not found in {table!r}: "
+                    f"{', '.join(map(repr, missing[:20]))}; nothing was written"
+                )
+        absent = [c for c in current.columns if c not in rows.columns]
+        if absent and not current.is_empty():
+            fill = current.select([key, *absent])
+            rows = rows.join(fill, on=key, how="left")
+        prev = self._puts.get(table)
+        if prev is not None:
+            prev = prev.filter(~pl.col(key).is_in(rows[key].implode()))
+            rows = pl.concat([prev, rows], how="diagonal_relaxed")
+        self._puts[table] = rows
+        if table in self._deletes:
+            self._deletes[table] -= set(rows[key].to_list())
+
+    def delete(self, table: str, keys: Iterable[str], *, missing_ok: bool = False) -> set[str]:
+        """Stage deletion of keys; return those that existed."""
+        key = key_column(table_kind(table))
+        wanted = pl.Series(key, list(dict.fromkeys(keys)), dtype=pl.String)
+        existing = self.existing_keys(table, wanted)
+        missing = [k for k in wanted.to_list() if k not in existing]
+        if missing and not missing_ok:
+            raise RowNotFoundError(
+                f"cannot delete {len(missing)} key(s) not found in {table!r}: "
+                f"{', '.join(map(repr, missing[:20]))}; nothing was written "
+                "(pass missing_ok=True to ignore them)"
+            )
+        puts = self._puts.get(table)
+        if puts is not None:
+            self._puts[table] = puts.filter(~pl.col(key).is_in(list(existing)))
+        self._deletes.setdefault(table, set()).update(existing)
+        return existing
+
+    def require_frames(self, table: str, rows: pl.DataFrame) -> None:
+        """Refuse rows whose frame does not exist in the current frames table."""
+        frame_ids = rows["frame_id"].unique()
+        present = self.existing_keys("frames", frame_ids)
+        bad = rows.filter(~pl.col("frame_id").is_in(list(present)))
+        if not bad.is_empty():
+            key = key_column(table_kind(table))
+            raise ValidationError(
+                table,
+                [
+                    RowError("missing_frame", k, "frame_id", f, "no frame with this frame_id")
+                    for k, f in zip(bad[key].to_list(), bad["frame_id"].to_list(), strict=True)
+                ],
+            )
+
+    def restore_table(self, table: str, version: int | None) -> None:
+        """Make `table` equal its content at `version` (None: the table is dropped)."""
+        self._restores[table] = version
+
+    # -- the result -------------------------------------------------------------
+
+    def touched_tables(self) -> list[str]:
+        """Tables this stage changes, sorted (the order claims are taken in)."""
+        return sorted(set(self._puts) | set(self._deletes) | set(self._restores))
+
+    def changes(self, count_restore: Callable[[str, int | None], ChangeCounts]) -> list[TableChange]:
+        """Reduce the staged operations to one net change per table."""
+        out = []
+        for table in self.touched_tables():
+            key = key_column(table_kind(table))
+            if table in self._restores:
+                target = self._restores[table]
+                empty = pl.DataFrame()
+                change = TableChange(
+                    table, key, empty, empty, empty, empty,
+                    restore_to=target, drop=target is None,
+                    counts=count_restore(table, target),
+                )
+                if change.counts.total or target != self.base_version(table):
+                    out.append(change)
+                continue
+            out.append(self._net_change(table, key))
+        return [c for c in out if not c.is_empty]
+
+    def _net_change(self, table: str, key: str) -> TableChange:
+        schema = self.schema(table)
+        puts = self._puts.get(table, pl.DataFrame(schema={key: pl.String}))
+        puts = _align(puts, schema)
+        deleted = self._deletes.get(table, set())
+        touched = pl.concat(
+            [puts[key], pl.Series(key, sorted(deleted), dtype=pl.String)]
+        ).unique()
+        base = _align(self.base_rows(table, touched), schema)
+        in_base = base[key].implode()
+        inserts = puts.filter(~pl.col(key).is_in(in_base))
+        matched = puts.filter(pl.col(key).is_in(in_base))
+        updates = _changed_rows(matched, base, key)
+        deletes = base.filter(pl.col(key).is_in(list(deleted)))
+        counts = ChangeCounts(
+            added=inserts.height, modified=updates.height, deleted=deletes.height
+        )
+        return TableChange(table, key, inserts, updates, deletes, base, counts=counts)
+
+
+def _align(df: pl.DataFrame, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """Give `df` every column of `schema` (nulls where missing), schema order first."""
+    cols = [
+        pl.col(n) if n in df.columns else pl.lit(None, dtype=t).alias(n) for n, t in schema.items()
+    ]
+    cols += [pl.col(n) for n in df.columns if n not in schema]
+    return df.select(cols)
+
+
+def _changed_rows(new: pl.DataFrame, base: pl.DataFrame, key: str) -> pl.DataFrame:
+    """Rows of `new` whose values differ from the base row of the same key."""
+    if new.is_empty():
+        return new
+    others = [c for c in new.columns if c != key]
+    joined = new.join(base, on=key, how="left", suffix="__base")
+    same = pl.lit(True)
+    for c in others:
+        b = f"{c}__base"
+        if b in joined.columns:
+            same = same & pl.col(c).eq_missing(pl.col(b))
+        else:
+            same = same & pl.col(c).is_null()
+    return joined.filter(~same).select(new.columns)

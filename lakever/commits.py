@@ -1,0 +1,246 @@
+"""The commit log: one immutable JSON record per dataset commit.
+
+A commit record names the Delta version of every table of the dataset, so a
+reader resolves HEAD, a snapshot or a past commit to exact table versions and
+never sees half a commit. Records live at ``_lakever/commits/<seq>.json`` and
+are published with put-if-absent: the first writer to create seq N owns it,
+which makes that write the single atomic publish point of each commit.
+
+``_lakever/HEAD`` is only a hint (the newest seq some writer saw); readers
+probe forward from it, so a stale hint costs one extra read and never hides a
+commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from lakever.errors import CommitNotFoundError, CorruptLakeError, InvalidRefError
+from lakever.storage import Location
+
+FORMAT_VERSION = 1
+_SEQ_WIDTH = 12
+
+
+@dataclass(frozen=True)
+class ChangeCounts:
+    """Rows added, modified and deleted in one table by one commit."""
+
+    added: int = 0
+    modified: int = 0
+    deleted: int = 0
+
+    @property
+    def total(self) -> int:
+        """All changed rows."""
+        return self.added + self.modified + self.deleted
+
+    def to_dict(self) -> dict[str, int]:
+        """The counts as a plain dict."""
+        return {"added": self.added, "modified": self.modified, "deleted": self.deleted}
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One atomic change to a dataset.
+
+    Attributes:
+        id: unique hex id.
+        seq: position in the log, 0 for the commit that created the dataset.
+        parent: id of the previous commit (None for seq 0).
+        created_at: publish time (UTC); never earlier than the parent's.
+        author: who made it.
+        message: why.
+        operation: what kind of change ('create', 'write', 'revert', ...).
+        table_versions: the Delta version of every table, e.g. {'labels': 12}.
+        counts: per-table rows added, modified and deleted.
+        classes: the class map in force after this commit.
+        pins: inference set -> seq of the dataset commit it was made against.
+    """
+
+    id: str
+    seq: int
+    parent: str | None
+    created_at: datetime
+    author: str
+    message: str
+    operation: str
+    table_versions: Mapping[str, int]
+    counts: Mapping[str, ChangeCounts] = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
+    pins: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def tables(self) -> list[str]:
+        """Names of the tables that exist at this commit."""
+        return sorted(self.table_versions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The commit as JSON-ready data."""
+        return {
+            "format": FORMAT_VERSION,
+            "id": self.id,
+            "seq": self.seq,
+            "parent": self.parent,
+            "parents": [self.parent] if self.parent else [],
+            "created_at": self.created_at.isoformat(),
+            "author": self.author,
+            "message": self.message,
+            "operation": self.operation,
+            "table_versions": dict(self.table_versions),
+            "counts": {t: c.to_dict() for t, c in self.counts.items()},
+            "classes": list(self.classes),
+            "pins": dict(self.pins),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Commit:
+        """Rebuild a commit from its JSON record."""
+        return cls(
+            id=data["id"],
+            seq=int(data["seq"]),
+            parent=data.get("parent"),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            author=data.get("author", ""),
+            message=data.get("message", ""),
+            operation=data.get("operation", ""),
+            table_versions={k: int(v) for k, v in data.get("table_versions", {}).items()},
+            counts={t: ChangeCounts(**c) for t, c in data.get("counts", {}).items()},
+            classes=tuple(data.get("classes", ())),
+            pins={k: int(v) for k, v in data.get("pins", {}).items()},
+        )
+
+
+def now_utc() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+class CommitLog:
+    """Reads and publishes the commit records of one dataset."""
+
+    def __init__(self, root: Location) -> None:
+        self._dir = root.child("_lakever", "commits")
+        self._hint = root.child("_lakever", "HEAD")
+        self._cache: dict[int, Commit] = {}
+
+    def _record(self, seq: int) -> Location:
+        return self._dir.child(f"{seq:0{_SEQ_WIDTH}d}.json")
+
+    def _parse(self, seq: int, data: bytes) -> Commit:
+        try:
+            commit = Commit.from_dict(json.loads(data))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptLakeError(
+                f"commit record {self._record(seq).uri} is unreadable: {exc}"
+            ) from exc
+        self._cache[seq] = commit
+        return commit
+
+    def get(self, seq: int) -> Commit:
+        """Return commit number `seq`; CommitNotFoundError if there is none."""
+        if seq in self._cache:
+            return self._cache[seq]
+        try:
+            data = self._record(seq).read_bytes()
+        except FileNotFoundError:
+            raise CommitNotFoundError(f"no commit with seq {seq} in {self._dir.uri}") from None
+        return self._parse(seq, data)
+
+    def _exists(self, seq: int) -> bool:
+        return seq in self._cache or self._record(seq).exists()
+
+    def head(self) -> Commit | None:
+        """Return the newest published commit, or None for an empty log."""
+        seq = self._hinted_seq()
+        if seq is None or not self._exists(seq):
+            seqs = self.list_seqs()
+            if not seqs:
+                return None
+            seq = seqs[-1]
+        while self._exists(seq + 1):
+            seq += 1
+        return self.get(seq)
+
+    def _hinted_seq(self) -> int | None:
+        try:
+            return int(json.loads(self._hint.read_bytes())["seq"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def list_seqs(self) -> list[int]:
+        """Every published seq, ascending."""
+        seqs = []
+        for name in self._dir.list_names():
+            stem = name.removesuffix(".json")
+            if name.endswith(".json") and stem.isdigit():
+                seqs.append(int(stem))
+        return sorted(seqs)
+
+    def list(self, *, limit: int | None = None) -> list[Commit]:
+        """Commits newest first, at most `limit` of them."""
+        head = self.head()
+        if head is None:
+            return []
+        start = 0 if limit is None else max(0, head.seq - limit + 1)
+        wanted = [s for s in range(start, head.seq + 1) if s not in self._cache]
+        blobs = self._dir.cat_many([self._record(s) for s in wanted])
+        for s in wanted:
+            data = blobs.get(self._record(s).uri)
+            if data is not None:
+                self._parse(s, data)
+        return [self.get(s) for s in range(head.seq, start - 1, -1)]
+
+    def publish(self, commit: Commit) -> bool:
+        """Publish a commit; return False if another writer took its seq first."""
+        data = json.dumps(commit.to_dict(), sort_keys=True).encode()
+        if not self._record(commit.seq).put_if_absent(data):
+            return False
+        self._cache[commit.seq] = commit
+        try:
+            self._hint.put(json.dumps({"seq": commit.seq}).encode())
+        except OSError:
+            pass  # the hint is an optimisation; readers probe past a stale one
+        return True
+
+    def at_time(self, when: datetime) -> Commit:
+        """The newest commit published at or before `when`.
+
+        Raises:
+            CommitNotFoundError: `when` is before the first commit.
+        """
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        head = self.head()
+        first = self.get(0) if head is not None else None
+        if head is None or first is None or when < first.created_at:
+            start = first.created_at.isoformat() if first else "never"
+            raise CommitNotFoundError(
+                f"no commit at or before {when.isoformat()}: the dataset's first commit "
+                f"was made at {start}"
+            )
+        lo, hi = 0, head.seq  # created_at is monotonic along seq (enforced at publish)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.get(mid).created_at <= when:
+                lo = mid
+            else:
+                hi = mid - 1
+        return self.get(lo)
+
+    def find_id(self, prefix: str) -> Commit | None:
+        """The commit whose id is or starts with `prefix` (at least 4 hex chars)."""
+        if len(prefix) < 4 or any(ch not in "0123456789abcdef" for ch in prefix.lower()):
+            return None
+        prefix = prefix.lower()
+        matches = [c for c in self.list() if c.id.startswith(prefix)]
+        if len(matches) > 1:
+            raise InvalidRefError(
+                f"commit id prefix {prefix!r} is ambiguous: it matches "
+                f"{', '.join(c.id for c in matches[:5])}; give more characters"
+            )
+        return matches[0] if matches else None

@@ -1,0 +1,529 @@
+"""A dataset handle: its tables at HEAD, its writes, snapshots, time travel and revert.
+
+Storage layout of one dataset (see docs/ARCHITECTURE.md)::
+
+    <lake>/datasets/<name>/
+        _lakever/dataset.json      name, project, description, tags, creator, classes
+        _lakever/commits/<seq>.json  the commit log (put-if-absent publish point)
+        _lakever/HEAD              hint: newest seq seen
+        frames/  labels/  inferences/<set>/   Delta tables, CDF on
+        snapshots/                 the tag table (Delta)
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+
+from lakever import _delta
+from lakever._protocol import CommitRunner, Operation
+from lakever._staging import Stage
+from lakever.commits import ChangeCounts, Commit, CommitLog, now_utc
+from lakever.diff import compare_counts
+from lakever.errors import (
+    CorruptLakeError,
+    InvalidRefError,
+    TableNotFoundError,
+)
+from lakever.names import check_snapshot_name
+from lakever.schema import FRAMES, LABELS, empty_schema, key_column, normalize_classes, table_kind
+from lakever.storage import Location
+from lakever.tags import Snapshot, TagTable
+from lakever.transaction import Transaction, inference_table
+from lakever.view import TableReader, View
+
+#: Environment variable naming the author recorded on commits.
+ENV_AUTHOR = "LAKEVER_AUTHOR"
+
+Ref = str | int | datetime | Commit | Snapshot
+
+
+def default_author() -> str:
+    """The author recorded when none is given: $LAKEVER_AUTHOR, else the OS user."""
+    env = os.environ.get(ENV_AUTHOR)
+    if env:
+        return env
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is: fixed at creation."""
+
+    name: str
+    project: str | None
+    description: str
+    tags: tuple[str, ...]
+    creator: str
+    created_at: datetime
+    classes: tuple[str, ...]
+
+    def to_json(self) -> bytes:
+        """Serialise for dataset.json."""
+        return json.dumps(
+            {
+                "format": 1,
+                "name": self.name,
+                "project": self.project,
+                "description": self.description,
+                "tags": list(self.tags),
+                "creator": self.creator,
+                "created_at": self.created_at.isoformat(),
+                "classes": list(self.classes),
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> DatasetInfo:
+        """Parse dataset.json."""
+        d = json.loads(data)
+        return cls(
+            name=d["name"],
+            project=d.get("project"),
+            description=d.get("description", ""),
+            tags=tuple(d.get("tags", ())),
+            creator=d.get("creator", ""),
+            created_at=datetime.fromisoformat(d["created_at"]),
+            classes=tuple(d.get("classes", ())),
+        )
+
+
+class Dataset(TableReader):
+    """A versioned dataset of frames, labels and inference sets.
+
+    Reads go to HEAD; each write method is one atomic commit. Use `at` for any
+    past version and `transaction` to group writes.
+    """
+
+    def __init__(self, root: Location, info: DatasetInfo) -> None:
+        self._dataset = self
+        self.root = root
+        self.info = info
+        self._log = CommitLog(root)
+        self._tags = TagTable(root.child("snapshots"), self.table_location)
+        self._runner = CommitRunner(self._log, self.table_location)
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, uri={self.root.uri!r})"
+
+    # -- identity -------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The dataset's unique name."""
+        return self.info.name
+
+    @property
+    def project(self) -> str | None:
+        """The project it belongs to."""
+        return self.info.project
+
+    @property
+    def description(self) -> str:
+        """Free-text description."""
+        return self.info.description
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """Free-form tags given at creation."""
+        return self.info.tags
+
+    @property
+    def created_at(self) -> datetime:
+        """When the dataset was created."""
+        return self.info.created_at
+
+    @property
+    def edited_at(self) -> datetime:
+        """When the last commit was made."""
+        return self.head.created_at
+
+    def table_location(self, table: str) -> Location:
+        """Where a table's Delta log lives."""
+        table_kind(table)
+        return self.root.child(*table.split("/"))
+
+    @property
+    def tag_table_uri(self) -> str:
+        """URI of the snapshot (tag) Delta table."""
+        return self._tags.location.uri
+
+    # -- the log ------------------------------------------------------------------------
+
+    def _initialize(self) -> Commit:
+        """Create the empty tables and commit 0 (idempotent: repairs a crashed creation)."""
+        claim = {_delta.META_SEQ: "0"}
+        versions = {}
+        for table in (FRAMES, LABELS):
+            loc = self.table_location(table)
+            if _delta.open_latest(loc) is None:
+                try:
+                    _delta.create_table(loc, empty_schema(table_kind(table)), claim)
+                except _delta.WriteConflict:
+                    pass
+            versions[table] = 0
+        self._tags.ensure()
+        commit = Commit(
+            id=os.urandom(16).hex(),
+            seq=0,
+            parent=None,
+            created_at=self.info.created_at,
+            author=self.info.creator,
+            message=f"create dataset {self.name}",
+            operation="create",
+            table_versions=versions,
+            classes=self.info.classes,
+        )
+        self._log.publish(commit)
+        return self._log.get(0)
+
+    @property
+    def head(self) -> Commit:
+        """The latest commit."""
+        head = self._log.head()
+        return head if head is not None else self._initialize()
+
+    def _reading_commit(self) -> Commit:
+        return self.head
+
+    def log(self, *, limit: int | None = None) -> list[Commit]:
+        """Commits, newest first (at most `limit`)."""
+        self.head  # noqa: B018 - repairs a dataset whose creation was interrupted
+        return self._log.list(limit=limit)
+
+    def resolve(self, ref: Ref) -> Commit:
+        """Turn a ref into a commit.
+
+        A ref is a `Commit`, a `Snapshot`, a commit seq (int), a datetime (the
+        newest commit at or before it), or a string: 'HEAD', a snapshot name, a
+        commit seq in digits, a commit id or unique prefix (4+ hex chars), or an
+        ISO-8601 time, tried in that order.
+
+        Raises:
+            InvalidRefError: the ref matches nothing.
+            CommitNotFoundError: a seq or time outside the log.
+        """
+        if isinstance(ref, Commit):
+            return ref
+        if isinstance(ref, Snapshot):
+            return self._snapshot_commit(ref)
+        if isinstance(ref, bool):
+            raise InvalidRefError(f"{ref!r} is not a ref")
+        if isinstance(ref, int):
+            if ref < 0:
+                raise InvalidRefError(f"commit seq {ref} is negative; seqs start at 0")
+            return self._log.get(ref)
+        if isinstance(ref, datetime):
+            return self._log.at_time(ref)
+        if not isinstance(ref, str):
+            raise InvalidRefError(f"cannot use a {type(ref).__name__} as a ref: {ref!r}")
+        text = ref.strip()
+        if text.upper() == "HEAD":
+            return self.head
+        snap = self._tags.find(text)
+        if snap is not None:
+            return self._snapshot_commit(snap)
+        if text.isdigit():
+            return self._log.get(int(text))
+        found = self._log.find_id(text)
+        if found is not None:
+            return found
+        if re.match(r"^\d{4}-\d{2}-\d{2}", text):
+            try:
+                when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                pass
+            else:
+                return self._log.at_time(when)
+        raise InvalidRefError(
+            f"{ref!r} is not a snapshot, commit id, commit seq or ISO time of dataset "
+            f"{self.name!r}; `lakever snapshot list {self.name}` and `lakever log {self.name}` "
+            "show what exists"
+        )
+
+    def _snapshot_commit(self, snap: Snapshot) -> Commit:
+        commit = self._log.get(snap.commit_seq)
+        if commit.id != snap.commit_id:
+            raise CorruptLakeError(
+                f"snapshot {snap.name!r} points at commit {snap.commit_id} as seq "
+                f"{snap.commit_seq}, but that seq holds commit {commit.id}"
+            )
+        return commit
+
+    def at(self, ref: Ref) -> View:
+        """A read-only view of the dataset at a snapshot, commit or time.
+
+        Example:
+            >>> ds.at("v1-train").read("labels")  # doctest: +SKIP
+        """
+        return View(self, self.resolve(ref), ref)
+
+    # -- writes ----------------------------------------------------------------------
+
+    def transaction(self, *, message: str | None = None, author: str | None = None) -> Transaction:
+        """Group several writes into one commit, published when the `with` block ends.
+
+        Example:
+            >>> with ds.transaction(message="relabel batch 7", author="etl") as tx:  # doctest: +SKIP
+            ...     tx.upsert_labels(new_labels)
+            ...     tx.delete_labels(["l-17"])
+        """
+        return Transaction(self, message=message, author=author, operation="write")
+
+    def _run(
+        self,
+        ops: list[Operation],
+        *,
+        message: str,
+        author: str | None,
+        operation: str,
+    ) -> Commit:
+        self.head  # noqa: B018 - repairs a dataset whose creation was interrupted
+        return self._runner.run(
+            ops,
+            message=message,
+            author=author or default_author(),
+            operation=operation,
+            count_restore=self._count_restore,
+        )
+
+    def _one(self, message: str | None, author: str | None, fill: Any) -> Commit:
+        tx = Transaction(self, message=message, author=author, operation="write")
+        fill(tx)
+        return tx.commit()
+
+    def add_frames(self, frames: Any, *, message: str | None = None, author: str | None = None) -> Commit:
+        """Add new frames in one commit; any frame_id that exists already is refused."""
+        return self._one(message, author, lambda tx: tx.add_frames(frames))
+
+    def upsert_frames(
+        self, frames: Any, *, message: str | None = None, author: str | None = None
+    ) -> Commit:
+        """Create frames or update existing ones, in one commit."""
+        return self._one(message, author, lambda tx: tx.upsert_frames(frames))
+
+    def update_frames(
+        self, frames: Any, *, message: str | None = None, author: str | None = None
+    ) -> Commit:
+        """Change columns of existing frames (frame_id + the columns to change)."""
+        return self._one(message, author, lambda tx: tx.update_frames(frames))
+
+    def delete_frames(
+        self,
+        frame_ids: Iterable[str] | str,
+        *,
+        missing_ok: bool = False,
+        message: str | None = None,
+        author: str | None = None,
+    ) -> Commit:
+        """Delete frames and their labels in one commit."""
+        return self._one(
+            message, author, lambda tx: tx.delete_frames(frame_ids, missing_ok=missing_ok)
+        )
+
+    def upsert_labels(
+        self, labels: Any, *, message: str | None = None, author: str | None = None
+    ) -> Commit:
+        """Create labels or update existing ones, in one commit."""
+        return self._one(message, author, lambda tx: tx.upsert_labels(labels))
+
+    def delete_labels(
+        self,
+        label_ids: Iterable[str] | str,
+        *,
+        missing_ok: bool = False,
+        message: str | None = None,
+        author: str | None = None,
+    ) -> Commit:
+        """Delete labels by label_id in one commit."""
+        return self._one(
+            message, author, lambda tx: tx.delete_labels(label_ids, missing_ok=missing_ok)
+        )
+
+    def replace_labels(
+        self,
+        labels: Any,
+        *,
+        frame_ids: Iterable[str] | None = None,
+        message: str | None = None,
+        author: str | None = None,
+    ) -> Commit:
+        """Make each listed frame's labels exactly `labels`, in one commit."""
+        return self._one(message, author, lambda tx: tx.replace_labels(labels, frame_ids=frame_ids))
+
+    def upsert_inferences(
+        self,
+        set_name: str,
+        inferences: Any,
+        *,
+        pinned_to: Ref | None = None,
+        message: str | None = None,
+        author: str | None = None,
+    ) -> Commit:
+        """Create or update predictions of an inference set, in one commit."""
+        return self._one(
+            message,
+            author,
+            lambda tx: tx.upsert_inferences(set_name, inferences, pinned_to=pinned_to),
+        )
+
+    def delete_inferences(
+        self,
+        set_name: str,
+        label_ids: Iterable[str] | str,
+        *,
+        missing_ok: bool = False,
+        message: str | None = None,
+        author: str | None = None,
+    ) -> Commit:
+        """Delete predictions from an inference set, in one commit."""
+        return self._one(
+            message,
+            author,
+            lambda tx: tx.delete_inferences(set_name, label_ids, missing_ok=missing_ok),
+        )
+
+    def drop_inferences(
+        self, set_name: str, *, message: str | None = None, author: str | None = None
+    ) -> Commit:
+        """Remove a whole inference set from HEAD (older versions keep it)."""
+        table = inference_table(set_name)
+        if table not in self.head.table_versions:
+            raise TableNotFoundError(
+                f"dataset {self.name!r} has no inference set {set_name!r}; "
+                f"it has: {', '.join(self.inference_sets) or 'none'}"
+            )
+
+        def op(st: Stage) -> None:
+            st.restore_table(table, None)
+            st.pins.pop(set_name, None)
+
+        return self._run(
+            [op], message=message or f"drop inference set {set_name}", author=author,
+            operation="drop_inferences",
+        )
+
+    def extend_classes(
+        self, classes: Iterable[str], *, message: str | None = None, author: str | None = None
+    ) -> Commit:
+        """Add classes to the class map, as a recorded commit (existing classes stay)."""
+        new = normalize_classes(classes)
+
+        def op(st: Stage) -> None:
+            st.classes = st.classes + tuple(c for c in new if c not in st.classes)
+
+        return self._run(
+            [op],
+            message=message or f"extend classes: {', '.join(new)}",
+            author=author,
+            operation="extend_classes",
+        )
+
+    def revert(
+        self,
+        ref: Ref,
+        *,
+        discard_newer_snapshots: bool = False,
+        message: str | None = None,
+        author: str | None = None,
+    ) -> Commit:
+        """Make a new commit whose content equals `ref`; history before it is kept.
+
+        Args:
+            ref: the version to go back to.
+            discard_newer_snapshots: also delete the snapshots of commits after `ref`.
+            message: commit message (default names the ref).
+            author: commit author.
+
+        Returns:
+            The revert commit (HEAD unchanged if HEAD already equals `ref`).
+        """
+        target = self.resolve(ref)
+
+        def op(st: Stage) -> None:
+            for table in sorted(set(st.head.table_versions) | set(target.table_versions)):
+                want = target.table_versions.get(table)
+                if want != st.head.table_versions.get(table):
+                    st.restore_table(table, want)
+            st.classes = target.classes
+            st.pins = dict(target.pins)
+
+        commit = self._run(
+            [op],
+            message=message or f"revert to {ref} (commit {target.seq})",
+            author=author,
+            operation="revert",
+        )
+        if discard_newer_snapshots:
+            newer = [s.name for s in self._tags.list() if s.commit_seq > target.seq]
+            self._tags.delete(newer)
+        return commit
+
+    def _count_restore(self, head: Commit, table: str, target: int | None) -> ChangeCounts:
+        return compare_counts(
+            self.table_location(table),
+            key_column(table_kind(table)),
+            head.table_versions.get(table),
+            target,
+        )
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def create_snapshot(
+        self,
+        name: str | None = None,
+        *,
+        ref: Ref | None = None,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        creator: str | None = None,
+    ) -> Snapshot:
+        """Freeze a named, read-only snapshot of HEAD (or of `ref`).
+
+        Costs one small row in the tag table: no data is copied.
+
+        Raises:
+            SnapshotExistsError: the name is taken.
+        """
+        created = now_utc()
+        if name is None:
+            name = f"snapshot {created.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
+        check_snapshot_name(name)
+        commit = self.head if ref is None else self.resolve(ref)
+        return self._tags.create(
+            name,
+            commit,
+            description=description,
+            creator=creator or default_author(),
+            created_at=created,
+            metadata=metadata or {},
+        )
+
+    def list_snapshots(self) -> list[Snapshot]:
+        """Every snapshot, oldest first."""
+        return self._tags.list()
+
+    def snapshots_frame(self) -> pl.DataFrame:
+        """The tag table as a Polars DataFrame (what Spark or Polars jobs read)."""
+        return self._tags.frame()
+
+    def snapshot(self, name: str) -> Snapshot:
+        """The snapshot called `name`; SnapshotNotFoundError if none."""
+        return self._tags.get(name)
+
+    def delete_snapshot(self, name: str) -> None:
+        """Delete a snapshot (the data it pointed at stays in the history)."""
+        self._tags.delete([name])
+

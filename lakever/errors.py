@@ -1,0 +1,123 @@
+"""The error tree: every failure lakever raises is a `LakeverError`.
+
+Each error also subclasses the matching builtin, so callers that already catch
+`LookupError` or `ValueError` keep working. Messages name what failed, the
+offending value, and what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class LakeverError(Exception):
+    """Base class of every error lakever raises."""
+
+
+class InvalidNameError(LakeverError, ValueError):
+    """A dataset, snapshot or inference-set name is not allowed."""
+
+
+class InvalidRefError(LakeverError, ValueError):
+    """A ref (snapshot name, commit id or seq, datetime) matches nothing usable."""
+
+
+class DatasetNotFoundError(LakeverError, LookupError):
+    """No dataset of that name exists in the lake."""
+
+
+class DatasetExistsError(LakeverError, FileExistsError):
+    """A dataset of that name already exists."""
+
+
+class SnapshotNotFoundError(LakeverError, LookupError):
+    """No snapshot of that name exists in the dataset."""
+
+
+class SnapshotExistsError(LakeverError, FileExistsError):
+    """A snapshot of that name already exists in the dataset."""
+
+
+class SnapshotsExistError(LakeverError, RuntimeError):
+    """The operation would discard snapshots and was not told it may."""
+
+
+class CommitNotFoundError(LakeverError, LookupError):
+    """No commit matches the given id, seq or time."""
+
+
+class TableNotFoundError(LakeverError, LookupError):
+    """The table does not exist at the requested version of the dataset."""
+
+
+class RowNotFoundError(LakeverError, LookupError):
+    """A write names keys (frame or label ids) that do not exist."""
+
+
+class ReadOnlyError(LakeverError, PermissionError):
+    """A write was attempted through a read-only view of a past version."""
+
+
+class ConflictError(LakeverError, RuntimeError):
+    """Concurrent writers kept winning; the commit was not made.
+
+    Nothing was published. Retrying later is safe.
+    """
+
+
+class StorageError(LakeverError, OSError):
+    """The object store or the Delta log could not be read or written."""
+
+
+class CorruptLakeError(LakeverError, RuntimeError):
+    """Lakever's own metadata in the lake is unreadable."""
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One rejected row: which rule it broke, its key and the offending value."""
+
+    rule: str
+    key: str | None
+    column: str | None
+    value: Any
+    detail: str = ""
+
+    def describe(self) -> str:
+        """Render the error as one short human-readable line."""
+        where = f"key {self.key!r}" if self.key is not None else "batch"
+        col = f", column {self.column!r}" if self.column else ""
+        extra = f": {self.detail}" if self.detail else ""
+        return f"[{self.rule}] {where}{col}, value {self.value!r}{extra}"
+
+
+class ValidationError(LakeverError, ValueError):
+    """A batch of rows was refused; nothing was written.
+
+    Attributes:
+        table: the table the batch was meant for.
+        errors: every bad row, each with its rule, key and value.
+    """
+
+    MAX_SHOWN = 20
+
+    def __init__(self, table: str, errors: Sequence[RowError]) -> None:
+        self.table = table
+        self.errors: tuple[RowError, ...] = tuple(errors)
+        rules = sorted({e.rule for e in self.errors})
+        lines = [e.describe() for e in self.errors[: self.MAX_SHOWN]]
+        more = len(self.errors) - len(lines)
+        if more > 0:
+            lines.append(f"... and {more} more (see ValidationError.errors)")
+        super().__init__(
+            f"{len(self.errors)} bad row(s) for table {table!r} (rules: {', '.join(rules)}); "
+            "nothing was written. Fix these rows and send the batch again:\n  "
+            + "\n  ".join(lines)
+        )
+
+    @property
+    def rules(self) -> set[str]:
+        """Names of the rules that were broken."""
+        return {e.rule for e in self.errors}

@@ -1,0 +1,346 @@
+"""Table schemas, the class map, and validation of incoming rows.
+
+Every batch a user sends passes through `prepare_rows` before anything is
+written. It converts the batch to Polars, casts columns where the cast loses
+nothing, and checks every rule at once, so a refused batch reports all its bad
+rows together in one `ValidationError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+
+from lakever.errors import RowError, ValidationError
+
+TableKind = Literal["frames", "labels", "inferences"]
+
+FRAMES = "frames"
+LABELS = "labels"
+INFERENCES_PREFIX = "inferences/"
+
+MEDIA_TYPES = ("image", "video_frame")
+UTC_US = pl.Datetime("us", "UTC")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A core column: its name, type, and whether every row must have a value."""
+
+    name: str
+    dtype: pl.DataType
+    required: bool = True
+
+
+FRAME_COLUMNS: tuple[Column, ...] = (
+    Column("frame_id", pl.String()),
+    Column("uri", pl.String()),
+    Column("media_type", pl.String()),
+    Column("width", pl.Int32()),
+    Column("height", pl.Int32()),
+    Column("group_id", pl.String(), required=False),
+    Column("sequence", pl.Int64(), required=False),
+    Column("captured_at", UTC_US, required=False),
+)
+
+LABEL_COLUMNS: tuple[Column, ...] = (
+    Column("label_id", pl.String()),
+    Column("frame_id", pl.String()),
+    Column("cls", pl.String()),
+    Column("x", pl.Float64()),
+    Column("y", pl.Float64()),
+    Column("w", pl.Float64()),
+    Column("h", pl.Float64()),
+)
+
+INFERENCE_COLUMNS: tuple[Column, ...] = (*LABEL_COLUMNS, Column("confidence", pl.Float64()))
+
+_CORE: dict[TableKind, tuple[Column, ...]] = {
+    "frames": FRAME_COLUMNS,
+    "labels": LABEL_COLUMNS,
+    "inferences": INFERENCE_COLUMNS,
+}
+
+
+def table_kind(table: str) -> TableKind:
+    """Return the kind of a table name ('frames', 'labels' or 'inferences/<set>')."""
+    if table == FRAMES:
+        return "frames"
+    if table == LABELS:
+        return "labels"
+    if table.startswith(INFERENCES_PREFIX):
+        return "inferences"
+    raise ValueError(
+        f"unknown table {table!r}: use 'frames', 'labels' or 'inferences/<set name>'"
+    )
+
+
+def core_columns(kind: TableKind) -> tuple[Column, ...]:
+    """The core columns of a table kind, in storage order."""
+    return _CORE[kind]
+
+
+def key_column(kind: TableKind) -> str:
+    """The primary-key column of a table kind."""
+    return "frame_id" if kind == "frames" else "label_id"
+
+
+def empty_schema(kind: TableKind) -> pa.Schema:
+    """The Arrow schema a new table of this kind is created with."""
+    df = pl.DataFrame(schema={c.name: c.dtype for c in core_columns(kind)})
+    return df.to_arrow().schema
+
+
+def normalize_classes(classes: Iterable[str]) -> tuple[str, ...]:
+    """Validate a class map: non-empty, unique, non-blank strings, order kept."""
+    if isinstance(classes, str):
+        raise TypeError(f"classes must be a list of class names, not the string {classes!r}")
+    out = tuple(classes)
+    bad = [c for c in out if not isinstance(c, str) or not c.strip()]
+    if bad:
+        raise ValueError(f"class names must be non-empty strings; got {bad!r}")
+    dupes = sorted({c for c in out if out.count(c) > 1})
+    if dupes:
+        raise ValueError(f"class map lists these classes more than once: {dupes!r}")
+    if not out:
+        raise ValueError("the class map is empty: give at least one class name")
+    return out
+
+
+def to_polars(data: Any) -> pl.DataFrame:
+    """Convert a batch (Polars, Arrow, pandas, list of dicts, dict of lists) to Polars."""
+    if isinstance(data, pl.LazyFrame):
+        return data.collect()
+    if isinstance(data, pl.DataFrame):
+        return data
+    if isinstance(data, (pa.Table, pa.RecordBatch)):
+        return pl.DataFrame(pl.from_arrow(data))
+    if type(data).__module__.startswith("pandas"):
+        return pl.from_pandas(data)
+    if isinstance(data, Mapping):
+        return pl.DataFrame(dict(data), strict=False)
+    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+        if not data:
+            return pl.DataFrame()
+        if not all(isinstance(r, Mapping) for r in data):
+            raise TypeError("a list batch must hold one dict per row")
+        return pl.DataFrame(list(data), infer_schema_length=None, strict=False)
+    if hasattr(data, "__arrow_c_stream__"):
+        return pl.DataFrame(data)
+    raise TypeError(
+        f"cannot read rows from a {type(data).__name__}: pass a Polars, Arrow or pandas "
+        "DataFrame, or a list of dicts"
+    )
+
+
+def _storable(dtype: pl.DataType) -> pl.DataType | None:
+    """The type a new user column is stored as, or None if it cannot be stored."""
+    if isinstance(dtype, (pl.Categorical, pl.Enum)):
+        return pl.String()
+    if isinstance(dtype, (pl.Null, pl.Object)):
+        return None
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone not in (None, "UTC"):
+        return UTC_US
+    return dtype
+
+
+class _Checker:
+    """Collects row errors for one batch."""
+
+    def __init__(self, table: str, df: pl.DataFrame, key: str) -> None:
+        self.table = table
+        self.key = key
+        self.errors: list[RowError] = []
+        self.keys: list[str | None] = (
+            [None if k is None else str(k) for k in df[key].to_list()]
+            if key in df.columns
+            else [None] * df.height
+        )
+
+    def rows(self, mask: pl.Series, rule: str, column: str, values: pl.Series, detail: str) -> None:
+        idx = mask.fill_null(False).arg_true().to_list()
+        vals = values.to_list()
+        for i in idx:
+            self.errors.append(RowError(rule, self.keys[i], column, vals[i], detail))
+
+    def batch(self, rule: str, column: str | None, value: Any, detail: str) -> None:
+        self.errors.append(RowError(rule, None, column, value, detail))
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise ValidationError(self.table, self.errors)
+
+
+def _lossless_cast(series: pl.Series, target: pl.DataType) -> tuple[pl.Series, pl.Series]:
+    """Cast a column; return (cast column, mask of rows the cast would change or drop)."""
+    src = series.dtype
+    if src == target:
+        return series, pl.Series([False] * len(series))
+    if target == UTC_US and src == pl.String:
+        out = series.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
+        return out, series.is_not_null() & out.is_null()
+    if isinstance(target, pl.Datetime) and isinstance(src, pl.Datetime):
+        zoned = (
+            series.dt.replace_time_zone("UTC")
+            if src.time_zone is None
+            else series.dt.convert_time_zone("UTC")
+        )
+        return zoned.cast(target), pl.Series([False] * len(series))
+    if isinstance(src, pl.Null):
+        return series.cast(target), pl.Series([False] * len(series))
+    try:
+        out = series.cast(target, strict=False)
+    except Exception:  # noqa: BLE001 - polars raises several types for impossible casts
+        return series, series.is_not_null()
+    try:
+        back = out.cast(src, strict=False)
+        changed = series.is_not_null() & (out.is_null() | (back != series).fill_null(True))
+    except Exception:  # noqa: BLE001
+        changed = series.is_not_null() & out.is_null()
+    return out, changed
+
+
+def prepare_rows(
+    table: str,
+    data: Any,
+    *,
+    classes: Sequence[str],
+    existing: Mapping[str, pl.DataType] | None = None,
+    partial: bool = False,
+) -> pl.DataFrame:
+    """Validate and normalise one batch for a table; raise on any bad row.
+
+    Args:
+        table: 'frames', 'labels' or 'inferences/<set>'.
+        data: the rows, in any accepted form.
+        classes: the dataset's class map.
+        existing: the current column types of the table (user columns keep theirs).
+        partial: rows carry the key plus only the columns to change (update_frames).
+
+    Returns:
+        The batch as a Polars DataFrame with canonical column types.
+
+    Raises:
+        ValidationError: naming every bad row, its rule, key and value.
+    """
+    kind = table_kind(table)
+    df = to_polars(data)
+    key = key_column(kind)
+    check = _Checker(table, df, key)
+    core = {c.name: c for c in core_columns(kind)}
+    existing = dict(existing or {})
+
+    for c in core.values():
+        required_here = c.name == key if partial else c.required
+        if c.name not in df.columns and required_here:
+            check.batch("missing_column", c.name, None, f"every {table} row needs {c.name!r}")
+    for name in df.columns:
+        if name.startswith("_"):
+            check.batch(
+                "reserved_column",
+                name,
+                None,
+                "column names starting with '_' are reserved for lakever",
+            )
+    check.raise_if_any()
+
+    if not partial:
+        for c in core.values():
+            if c.name not in df.columns:
+                df = df.with_columns(pl.lit(None, dtype=c.dtype).alias(c.name))
+
+    cast_cols: list[pl.Series] = []
+    for name in df.columns:
+        series = df[name]
+        target: pl.DataType | None
+        if name in core:
+            target = core[name].dtype
+        elif name in existing:
+            target = existing[name]
+        else:
+            target = _storable(series.dtype)
+            if target is None:
+                check.batch(
+                    "type",
+                    name,
+                    str(series.dtype),
+                    "a new column needs a concrete type (cast it; all-null columns have none)",
+                )
+                continue
+        out, bad = _lossless_cast(series, target)
+        if bad.any():
+            check.rows(bad, "type", name, series, f"cannot be stored as {target} without loss")
+        cast_cols.append(out.alias(name))
+    check.raise_if_any()
+    df = pl.DataFrame(cast_cols)
+
+    for c in core.values():
+        if c.required and c.name in df.columns:
+            check.rows(df[c.name].is_null(), "null", c.name, df[c.name], "a value is required")
+    if key in df.columns:
+        keys = df[key]
+        check.rows(keys == "", "key", key, keys, "keys must be non-empty")
+        dup = keys.is_duplicated() & keys.is_not_null()
+        check.rows(dup, "duplicate_key", key, keys, "the batch holds this key more than once")
+
+    if kind == "frames":
+        _check_frames(df, check)
+    else:
+        _check_boxes(df, check, classes, kind)
+    check.raise_if_any()
+
+    order = [c.name for c in core.values() if c.name in df.columns]
+    order += [n for n in existing if n not in core and n in df.columns]
+    order += [n for n in df.columns if n not in order]
+    return df.select(order)
+
+
+def _check_frames(df: pl.DataFrame, check: _Checker) -> None:
+    if "media_type" in df.columns:
+        mt = df["media_type"]
+        check.rows(
+            ~mt.is_in(list(MEDIA_TYPES)) & mt.is_not_null(),
+            "media_type",
+            "media_type",
+            mt,
+            f"must be one of {', '.join(MEDIA_TYPES)}",
+        )
+    for name in ("width", "height"):
+        if name in df.columns:
+            col = df[name]
+            check.rows(col <= 0, "size", name, col, "must be a positive number of pixels")
+
+
+def _check_boxes(df: pl.DataFrame, check: _Checker, classes: Sequence[str], kind: str) -> None:
+    if "cls" in df.columns:
+        cls = df["cls"]
+        check.rows(
+            ~cls.is_in(list(classes)) & cls.is_not_null(),
+            "unknown_class",
+            "cls",
+            cls,
+            "not in the dataset's class map (extend the class map first)",
+        )
+    for name in ("x", "y", "w", "h"):
+        if name not in df.columns:
+            continue
+        col = df[name]
+        check.rows(~col.is_finite(), "box", name, col, "box coordinates must be finite")
+        if name in ("w", "h"):
+            check.rows(col < 0, "box", name, col, "box sizes must not be negative")
+    if kind == "inferences" and "confidence" in df.columns:
+        conf = df["confidence"]
+        outside = ~conf.is_finite() | (conf < 0) | (conf > 1)
+        check.rows(outside, "confidence", "confidence", conf, "confidence must lie in [0, 1]")
+
+
+def rows_equal(a: Any, b: Any) -> bool:
+    """Compare two cell values, treating NaN as equal to NaN."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)

@@ -1,0 +1,247 @@
+"""Storage: a lake URI and its options, as deltalake and fsspec each want them.
+
+lakever keeps two kinds of object in the lake: Delta tables (read and written
+by deltalake and polars) and small JSON records (commits, dataset metadata),
+read and written through fsspec. `Location` turns one URI plus one dict of
+storage options into both, and provides the one primitive the commit protocol
+rests on: put-if-absent of a complete object.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+
+from lakever.errors import StorageError
+
+#: Environment variable naming the default lake.
+ENV_URI = "LAKEVER_URI"
+#: Lake used when neither an argument nor $LAKEVER_URI names one.
+DEFAULT_URI = "./lakever-data"
+
+# Storage-option keys, in deltalake's spelling (which polars shares).
+AWS_ENDPOINT_URL = "AWS_ENDPOINT_URL"
+AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a key name, not a secret
+AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"  # noqa: S105
+AWS_REGION = "AWS_REGION"
+AWS_ALLOW_HTTP = "AWS_ALLOW_HTTP"
+
+_SECRET_KEYS = {AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ACCESS_KEY_ID}
+
+
+def resolve_uri(uri: str | os.PathLike[str] | None) -> str:
+    """Return the lake URI to use: the argument, else $LAKEVER_URI, else ./lakever-data."""
+    if uri is None:
+        uri = os.environ.get(ENV_URI) or DEFAULT_URI
+    text = os.fspath(uri)
+    if text.startswith("file://"):
+        text = urlparse(text).path
+    if "://" not in text:
+        return str(Path(text).expanduser().resolve())
+    scheme = text.split("://", 1)[0]
+    if scheme not in ("s3", "s3a"):
+        raise StorageError(
+            f"unsupported lake URI scheme {scheme!r} in {text!r}: use a local path, "
+            "file://, or s3://bucket/prefix"
+        )
+    return "s3://" + text.split("://", 1)[1].rstrip("/")
+
+
+def redact(options: Mapping[str, str]) -> dict[str, str]:
+    """Return storage options with every credential replaced by '***', for display."""
+    return {k: ("***" if k.upper() in _SECRET_KEYS else v) for k, v in options.items()}
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in the lake: a root URI plus the storage options to reach it.
+
+    Attributes:
+        uri: absolute local path or ``s3://bucket/prefix``, without trailing slash.
+        options: storage options in deltalake's spelling (``AWS_ENDPOINT_URL``, ...).
+    """
+
+    uri: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Location({self.uri!r}, options={redact(self.options)!r})"
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the location is on the local filesystem."""
+        return "://" not in self.uri
+
+    def child(self, *parts: str) -> Location:
+        """Return the location of a path below this one."""
+        return Location(posixpath.join(self.uri, *parts), self.options)
+
+    def delta_options(self) -> dict[str, str] | None:
+        """Storage options for deltalake and polars (None for local paths)."""
+        if self.is_local:
+            return None
+        opts = dict(self.options)
+        endpoint = opts.get(AWS_ENDPOINT_URL) or os.environ.get(AWS_ENDPOINT_URL, "")
+        if endpoint.startswith("http://"):
+            opts.setdefault(AWS_ALLOW_HTTP, "true")
+        return opts
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The fsspec filesystem for this location (cached per option set)."""
+        return _filesystem(self.is_local, tuple(sorted(self.options.items())))
+
+    @property
+    def path(self) -> str:
+        """The location as an fsspec path (no scheme for S3)."""
+        return self.uri if self.is_local else self.uri.split("://", 1)[1]
+
+    # -- small objects -----------------------------------------------------------
+
+    def read_bytes(self) -> bytes:
+        """Read the whole object; FileNotFoundError if it does not exist."""
+        try:
+            data: bytes = self.fs.cat_file(self.path)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.uri}: {exc}") from exc
+        return data
+
+    def exists(self) -> bool:
+        """Whether an object or directory exists here."""
+        try:
+            return bool(self.fs.exists(self.path))
+        except OSError as exc:
+            raise StorageError(f"cannot check {self.uri}: {exc}") from exc
+
+    def put_if_absent(self, data: bytes) -> bool:
+        """Write a complete object unless one exists; return whether we wrote it.
+
+        On local disk the data goes to a temporary file first and is then
+        hard-linked into place, so a crash never leaves a partial object at the
+        final path. On S3 a PUT is atomic and ``If-None-Match: *`` refuses to
+        overwrite.
+        """
+        try:
+            if self.is_local:
+                return _local_put_if_absent(self.path, data)
+            self.fs.pipe_file(self.path, data, mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.uri}: {exc}") from exc
+
+    def put(self, data: bytes) -> None:
+        """Write a complete object, replacing any existing one atomically."""
+        try:
+            if self.is_local:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tmp-")
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, self.path)
+            else:
+                self.fs.pipe_file(self.path, data)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.uri}: {exc}") from exc
+
+    def list_names(self) -> list[str]:
+        """Names of the entries directly below this location ([] if none)."""
+        try:
+            entries = self.fs.ls(self.path, detail=False)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.uri}: {exc}") from exc
+        return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
+
+    def cat_many(self, locations: list[Location]) -> dict[str, bytes]:
+        """Read several objects at once (concurrently on S3), keyed by uri."""
+        if not locations:
+            return {}
+        try:
+            out = self.fs.cat([loc.path for loc in locations])
+        except OSError as exc:
+            raise StorageError(f"cannot read objects under {self.uri}: {exc}") from exc
+        by_path = {loc.path: loc.uri for loc in locations}
+        result: dict[str, bytes] = {}
+        for p, data in out.items():
+            key = by_path.get(p) or by_path.get(p.rstrip("/")) or p
+            if isinstance(data, Exception):
+                continue
+            result[key] = data
+        return result
+
+    def remove_tree(self) -> None:
+        """Delete everything at and below this location."""
+        try:
+            if self.exists():
+                self.fs.rm(self.path, recursive=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {self.uri}: {exc}") from exc
+
+
+def _local_put_if_absent(path: str, data: bytes) -> bool:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    return True
+
+
+_FS_CACHE: dict[tuple[bool, tuple[tuple[str, str], ...]], Any] = {}
+
+
+def _filesystem(local: bool, options: tuple[tuple[str, str], ...]) -> fsspec.AbstractFileSystem:
+    key = (local, options)
+    fs = _FS_CACHE.get(key)
+    if fs is None:
+        fs = fsspec.filesystem("file") if local else _s3_filesystem(dict(options))
+        _FS_CACHE[key] = fs
+    return fs
+
+
+def _s3_filesystem(options: dict[str, str]) -> fsspec.AbstractFileSystem:
+    """Build an s3fs filesystem from deltalake-style options (env vars fill the gaps)."""
+    upper = {k.upper(): v for k, v in options.items()}
+    client_kwargs: dict[str, Any] = {}
+    endpoint = upper.get(AWS_ENDPOINT_URL) or os.environ.get(AWS_ENDPOINT_URL)
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    region = upper.get(AWS_REGION) or os.environ.get(AWS_REGION)
+    if region:
+        client_kwargs["region_name"] = region
+    kwargs: dict[str, Any] = {
+        "client_kwargs": client_kwargs,
+        # Commits and hints change under us: never answer from a stale listing.
+        "use_listings_cache": False,
+        "skip_instance_cache": True,
+    }
+    if AWS_ACCESS_KEY_ID in upper:
+        kwargs["key"] = upper[AWS_ACCESS_KEY_ID]
+    if AWS_SECRET_ACCESS_KEY in upper:
+        kwargs["secret"] = upper[AWS_SECRET_ACCESS_KEY]
+    if AWS_SESSION_TOKEN in upper:
+        kwargs["token"] = upper[AWS_SESSION_TOKEN]
+    return fsspec.filesystem("s3", **kwargs)

@@ -1,0 +1,238 @@
+"""The snapshot (tag) table: named, read-only pointers to commits.
+
+Snapshots live in a Delta table at ``<dataset>/snapshots``, one row per
+snapshot, so Spark and Polars jobs can read it and resolve a name to table
+versions without lakever. Every change to it is an exact-version Delta write:
+a writer reads the latest version, checks the name, and commits exactly the
+next version or re-reads and checks again. Two writers racing for one name
+therefore cannot both win.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+from deltalake import DeltaTable
+
+from lakever import _delta
+from lakever.commits import Commit
+from lakever.errors import ConflictError, SnapshotExistsError, SnapshotNotFoundError
+from lakever.storage import Location
+
+TAG_SCHEMA: dict[str, pl.DataType] = {
+    "name": pl.String(),
+    "commit_id": pl.String(),
+    "commit_seq": pl.Int64(),
+    "frames_version": pl.Int64(),
+    "labels_version": pl.Int64(),
+    "tables": pl.List(
+        pl.Struct({"table": pl.String(), "uri": pl.String(), "version": pl.Int64()})
+    ),
+    "description": pl.String(),
+    "creator": pl.String(),
+    "created_at": pl.Datetime("us", "UTC"),
+    "metadata": pl.String(),
+}
+
+_MAX_ATTEMPTS = 200
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A named, read-only pointer to one commit, hence one version of every table.
+
+    Attributes:
+        name: unique within the dataset.
+        commit_id: the commit it points at.
+        commit_seq: that commit's seq.
+        table_versions: table -> Delta version.
+        description: free text.
+        creator: who made it.
+        created_at: when (UTC).
+        metadata: user key/value pairs.
+    """
+
+    name: str
+    commit_id: str
+    commit_seq: int
+    table_versions: Mapping[str, int]
+    description: str
+    creator: str
+    created_at: datetime
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot as JSON-ready data."""
+        return {
+            "name": self.name,
+            "commit_id": self.commit_id,
+            "commit_seq": self.commit_seq,
+            "table_versions": dict(self.table_versions),
+            "description": self.description,
+            "creator": self.creator,
+            "created_at": self.created_at.isoformat(),
+            "metadata": dict(self.metadata),
+        }
+
+
+class TagTable:
+    """The snapshot table of one dataset."""
+
+    def __init__(self, location: Location, table_location: Any) -> None:
+        self.location = location
+        self._table_location = table_location
+
+    def ensure(self) -> None:
+        """Create the empty tag table if it does not exist yet."""
+        if _delta.open_latest(self.location) is None:
+            schema = pl.DataFrame(schema=TAG_SCHEMA).to_arrow().schema
+            try:
+                _delta.create_table(self.location, schema, {})
+            except _delta.WriteConflict:
+                pass  # created concurrently: fine
+
+    def _latest(self) -> DeltaTable:
+        dt = _delta.open_latest(self.location)
+        if dt is None:
+            self.ensure()
+            dt = _delta.open_latest(self.location)
+            assert dt is not None
+        return dt
+
+    def frame(self) -> pl.DataFrame:
+        """All snapshot rows, oldest first."""
+        dt = self._latest()
+        return _delta.scan(self.location, dt.version()).sort("created_at", "name").collect()
+
+    def list(self) -> list[Snapshot]:
+        """Every snapshot, oldest first."""
+        return [_from_row(r) for r in self.frame().iter_rows(named=True)]
+
+    def get(self, name: str) -> Snapshot:
+        """The snapshot named `name`; SnapshotNotFoundError if there is none."""
+        rows = self.frame().filter(pl.col("name") == name)
+        if rows.is_empty():
+            raise SnapshotNotFoundError(
+                f"no snapshot named {name!r} in {self.location.uri}; "
+                "`lakever snapshot list` shows the existing ones"
+            )
+        return _from_row(rows.row(0, named=True))
+
+    def find(self, name: str) -> Snapshot | None:
+        """The snapshot named `name`, or None."""
+        try:
+            return self.get(name)
+        except SnapshotNotFoundError:
+            return None
+
+    def create(
+        self,
+        name: str,
+        commit: Commit,
+        *,
+        description: str,
+        creator: str,
+        created_at: datetime,
+        metadata: Mapping[str, Any],
+    ) -> Snapshot:
+        """Add a snapshot row unless the name is taken (checked at the exact version written)."""
+        try:
+            meta_json = json.dumps(dict(metadata), sort_keys=True)
+        except TypeError as exc:
+            raise TypeError(
+                f"snapshot metadata must be JSON-serialisable: {exc}"
+            ) from exc
+        tables = [
+            {"table": t, "uri": self._table_location(t).uri, "version": v}
+            for t, v in sorted(commit.table_versions.items())
+        ]
+        row = pl.DataFrame(
+            [
+                {
+                    "name": name,
+                    "commit_id": commit.id,
+                    "commit_seq": commit.seq,
+                    "frames_version": commit.table_versions.get("frames"),
+                    "labels_version": commit.table_versions.get("labels"),
+                    "tables": tables,
+                    "description": description,
+                    "creator": creator,
+                    "created_at": created_at,
+                    "metadata": meta_json,
+                }
+            ],
+            schema=TAG_SCHEMA,
+        )
+
+        def attempt(dt: DeltaTable) -> None:
+            taken = (
+                _delta.scan(self.location, dt.version())
+                .filter(pl.col("name") == name)
+                .select(pl.len())
+                .collect()
+                .item()
+            )
+            if taken:
+                raise SnapshotExistsError(
+                    f"a snapshot named {name!r} already exists; pick another name or "
+                    "delete the old snapshot first"
+                )
+            _delta.append(dt, row, {"lakever.snapshot": name})
+
+        self._exact(attempt)
+        return _from_row(row.row(0, named=True))
+
+    def delete(self, names: list[str]) -> None:
+        """Remove snapshot rows by name; SnapshotNotFoundError if any is missing."""
+        if not names:
+            return
+
+        def attempt(dt: DeltaTable) -> None:
+            present = set(
+                _delta.scan(self.location, dt.version())
+                .filter(pl.col("name").is_in(names))
+                .select("name")
+                .collect()["name"]
+                .to_list()
+            )
+            missing = [n for n in names if n not in present]
+            if missing:
+                raise SnapshotNotFoundError(f"no snapshot named {missing[0]!r}")
+            predicate = " OR ".join(f"name = {_delta.sql_literal(n)}" for n in names)
+            _delta.delete_rows(dt, predicate, {"lakever.snapshot_delete": ",".join(names)})
+
+        self._exact(attempt)
+
+    def _exact(self, attempt: Any) -> None:
+        delay = 0.01
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                attempt(self._latest())
+                return
+            except _delta.WriteConflict:
+                time.sleep(delay * (0.5 + random.random()))  # noqa: S311
+                delay = min(delay * 1.6, 0.5)
+        raise ConflictError(
+            f"could not update the snapshot table {self.location.uri} after "
+            f"{_MAX_ATTEMPTS} attempts: other writers kept changing it; retry later"
+        )
+
+
+def _from_row(row: Mapping[str, Any]) -> Snapshot:
+    return Snapshot(
+        name=row["name"],
+        commit_id=row["commit_id"],
+        commit_seq=int(row["commit_seq"]),
+        table_versions={t["table"]: int(t["version"]) for t in row["tables"] or []},
+        description=row["description"] or "",
+        creator=row["creator"] or "",
+        created_at=row["created_at"],
+        metadata=json.loads(row["metadata"] or "{}"),
+    )

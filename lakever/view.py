@@ -1,0 +1,136 @@
+"""Reading a dataset at one commit: HEAD, a snapshot, or any past version.
+
+A `View` is pinned to one commit and reads every table at the Delta version
+that commit records, so it never sees half of a later commit. Views are
+read-only: every write method raises `ReadOnlyError`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import polars as pl
+
+from lakever import _delta
+from lakever.commits import Commit
+from lakever.errors import ReadOnlyError, TableNotFoundError
+from lakever.schema import INFERENCES_PREFIX, table_kind
+
+if TYPE_CHECKING:
+    from lakever.dataset import Dataset
+
+
+class TableReader:
+    """Reads the tables of one dataset at the versions some commit records."""
+
+    _dataset: Dataset
+
+    def _reading_commit(self) -> Commit:
+        raise NotImplementedError
+
+    def _version(self, table: str) -> int:
+        table_kind(table)  # rejects unknown table names with a clear message
+        commit = self._reading_commit()
+        try:
+            return commit.table_versions[table]
+        except KeyError:
+            raise TableNotFoundError(
+                f"dataset {self._dataset.name!r} has no table {table!r} at commit "
+                f"{commit.seq}; tables there: {', '.join(commit.tables)}"
+            ) from None
+
+    def scan(self, table: str) -> pl.LazyFrame:
+        """Lazily read a table ('frames', 'labels' or 'inferences/<set>').
+
+        Example:
+            >>> ds.scan("labels").filter(pl.col("cls") == "car").collect()  # doctest: +SKIP
+        """
+        version = self._version(table)
+        return _delta.scan(self._dataset.table_location(table), version)
+
+    def read(self, table: str) -> pl.DataFrame:
+        """Read a whole table into memory."""
+        return self.scan(table).collect()
+
+    def delta_table(self, table: str) -> tuple[str, int]:
+        """The (table URI, Delta version) a Spark or Polars job should read."""
+        version = self._version(table)
+        return self._dataset.table_location(table).uri, version
+
+    @property
+    def tables(self) -> list[str]:
+        """Tables present at this commit."""
+        return self._reading_commit().tables
+
+    @property
+    def inference_sets(self) -> list[str]:
+        """Names of the inference sets present at this commit."""
+        return [
+            t.removeprefix(INFERENCES_PREFIX)
+            for t in self.tables
+            if t.startswith(INFERENCES_PREFIX)
+        ]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class map at this commit."""
+        return self._reading_commit().classes
+
+
+_WRITE_METHODS = (
+    "add_frames",
+    "upsert_frames",
+    "update_frames",
+    "delete_frames",
+    "upsert_labels",
+    "delete_labels",
+    "replace_labels",
+    "upsert_inferences",
+    "delete_inferences",
+    "drop_inferences",
+    "extend_classes",
+    "transaction",
+    "revert",
+    "create_snapshot",
+    "delete_snapshot",
+)
+
+
+class View(TableReader):
+    """A read-only view of a dataset at one commit.
+
+    Attributes:
+        commit: the commit this view reads.
+        ref: what the user asked for (snapshot name, commit id, seq or time).
+    """
+
+    def __init__(self, dataset: Dataset, commit: Commit, ref: Any) -> None:
+        self._dataset = dataset
+        self.commit = commit
+        self.ref = ref
+
+    def _reading_commit(self) -> Commit:
+        return self.commit
+
+    @property
+    def dataset(self) -> Dataset:
+        """The dataset this view belongs to."""
+        return self._dataset
+
+    def __repr__(self) -> str:
+        return f"View({self._dataset.name!r}, ref={self.ref!r}, commit={self.commit.seq})"
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _WRITE_METHODS:
+            return self._refuse(name)
+        raise AttributeError(name)
+
+    def _refuse(self, name: str) -> Any:
+        def refuse(*_args: Any, **_kwargs: Any) -> NoReturn:
+            raise ReadOnlyError(
+                f"{name}() refused: this is a read-only view of dataset "
+                f"{self._dataset.name!r} at {self.ref!r} (commit {self.commit.seq}); "
+                "write through the Dataset, or revert to this version first"
+            )
+
+        return refuse
