@@ -1,0 +1,92 @@
+"""Rendering command results: readable tables on a terminal, JSON with --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lakever.commits import Commit
+from lakever.tags import Snapshot
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def emit_json(data: Any) -> None:
+    """Print data as JSON on stdout."""
+    sys.stdout.write(json.dumps(_plain(data), indent=2, sort_keys=False) + "\n")
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print a table on stdout."""
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    out.print(t)
+
+
+def when(value: datetime) -> str:
+    """A short UTC timestamp."""
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def counts_text(commit: Commit) -> str:
+    """'labels +10 ~2 -1, frames +5' for a commit."""
+    parts = []
+    for t, c in sorted(commit.counts.items()):
+        bits = [f"+{c.added}" if c.added else "", f"~{c.modified}" if c.modified else "",
+                f"-{c.deleted}" if c.deleted else ""]
+        text = " ".join(b for b in bits if b)
+        if text:
+            parts.append(f"{t} {text}")
+    return ", ".join(parts) or "-"
+
+
+def commits_table(commits: Sequence[Commit], title: str | None = None) -> None:
+    """Print a log."""
+    table(
+        title,
+        ["seq", "id", "time (UTC)", "author", "operation", "changes", "message"],
+        [
+            (c.seq, c.id[:12], when(c.created_at), c.author, c.operation, counts_text(c), c.message)
+            for c in commits
+        ],
+    )
+
+
+def snapshots_table(snaps: Sequence[Snapshot], title: str | None = None) -> None:
+    """Print snapshots."""
+    table(
+        title,
+        ["name", "commit", "seq", "created (UTC)", "creator", "tables", "description"],
+        [
+            (
+                s.name,
+                s.commit_id[:12],
+                s.commit_seq,
+                when(s.created_at),
+                s.creator,
+                ", ".join(f"{t}@{v}" for t, v in sorted(s.table_versions.items())),
+                s.description,
+            )
+            for s in snaps
+        ],
+    )

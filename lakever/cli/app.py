@@ -1,0 +1,277 @@
+"""Commands of the `lakever` CLI. Each is a thin call into the public API."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+import lakever as lv
+from lakever.cli import _output as o
+from lakever.cli.quickstart import run_quickstart
+from lakever.commits import Commit
+
+app = typer.Typer(
+    help="Version computer-vision datasets stored as Delta Lake tables.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+snapshot_app = typer.Typer(help="Create, list, show and delete snapshots.", no_args_is_help=True)
+app.add_typer(snapshot_app, name="snapshot")
+
+Uri = Annotated[
+    str | None,
+    typer.Option("--uri", envvar="LAKEVER_URI", help="Lake URI (default ./lakever-data)."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Confirm a destructive operation.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guard(fn: F) -> F:
+    """Turn lakever errors into one clear line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (lv.LakeverError, ValueError, TypeError) as exc:
+            if kwargs.get("verbose"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            o.err.print(f"error: {first}", markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _commit_dict(c: Commit) -> dict[str, Any]:
+    return c.to_dict()
+
+
+@app.command()
+@_guard
+def quickstart(
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    dataset: Annotated[str, typer.Option(help="Dataset name to create.")] = "traffic-demo",
+    frames: Annotated[int, typer.Option(help="How many frames to generate.")] = 5000,
+) -> None:
+    """Create a sample dataset, snapshot it, relabel a batch, snapshot again."""
+    run_quickstart(lv.connect(uri), name=dataset, n_frames=frames, json_out=json_out)
+
+
+@app.command()
+@_guard
+def datasets(
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    name_like: Annotated[str | None, typer.Option(help="Glob or substring of names.")] = None,
+    project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only datasets with this tag.")] = None,
+) -> None:
+    """List the datasets in the lake."""
+    df = lv.connect(uri).list_datasets(name_like=name_like, project=project, tag=tag)
+    if json_out:
+        o.emit_json(df.to_dicts())
+        return
+    o.table(
+        None,
+        ["name", "project", "head", "edited (UTC)", "classes", "tags", "description"],
+        [
+            (r["name"], r["project"], r["head_seq"], o.when(r["edited_at"]), r["classes"],
+             ", ".join(r["tags"]), r["description"])
+            for r in df.iter_rows(named=True)
+        ],
+    )
+
+
+@app.command()
+@_guard
+def create(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    classes: Annotated[str, typer.Option(help="Comma-separated class names.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+    project: Annotated[str | None, typer.Option(help="Project name.")] = None,
+) -> None:
+    """Create an empty dataset."""
+    ds = lv.connect(uri).create_dataset(
+        name,
+        classes=[c.strip() for c in classes.split(",") if c.strip()],
+        description=description,
+        project=project,
+    )
+    if json_out:
+        o.emit_json(_commit_dict(ds.head))
+    else:
+        o.out.print(f"created dataset {ds.name} with {len(ds.classes)} classes")
+
+
+@app.command("log")
+@_guard
+def log_cmd(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    limit: Annotated[int | None, typer.Option(help="Show at most N commits.")] = None,
+) -> None:
+    """Show the commit log, newest first."""
+    commits = lv.connect(uri).dataset(dataset).log(limit=limit)
+    if json_out:
+        o.emit_json([_commit_dict(c) for c in commits])
+    else:
+        o.commits_table(commits)
+
+
+@app.command()
+@_guard
+def revert(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    ref: Annotated[str, typer.Argument(help="Snapshot name, commit id or seq, or ISO time.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    discard_newer_snapshots: Annotated[
+        bool, typer.Option(help="Also delete snapshots made after REF (needs --yes).")
+    ] = False,
+    message: Annotated[str | None, typer.Option(help="Commit message.")] = None,
+    yes: Yes = False,
+) -> None:
+    """Make a new commit whose content equals REF (history is kept)."""
+    ds = lv.connect(uri).dataset(dataset)
+    if discard_newer_snapshots:
+        target = ds.resolve(ref)
+        doomed = [s.name for s in ds.list_snapshots() if s.commit_seq > target.seq]
+        if doomed and not yes:
+            o.err.print(
+                f"error: this would delete {len(doomed)} snapshot(s): {', '.join(doomed)}; "
+                "add --yes to confirm",
+                markup=False,
+            )
+            raise typer.Exit(1)
+    commit = ds.revert(ref, discard_newer_snapshots=discard_newer_snapshots, message=message)
+    if json_out:
+        o.emit_json(_commit_dict(commit))
+    else:
+        o.out.print(f"reverted {dataset} to {ref}: commit {commit.seq} ({o.counts_text(commit)})")
+
+
+def _parse_meta(items: list[str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"metadata must be KEY=VALUE, got {item!r}")
+        try:
+            meta[key] = json.loads(value)
+        except ValueError:
+            meta[key] = value
+    return meta
+
+
+@snapshot_app.command("create")
+@_guard
+def snapshot_create(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    name: Annotated[str | None, typer.Argument(help="Snapshot name (default: timestamped).")] = None,
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    ref: Annotated[str | None, typer.Option(help="Snapshot this ref instead of HEAD.")] = None,
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+    meta: Annotated[list[str] | None, typer.Option(help="KEY=VALUE metadata, repeatable.")] = None,
+) -> None:
+    """Freeze a named, read-only snapshot of HEAD."""
+    ds = lv.connect(uri).dataset(dataset)
+    snap = ds.create_snapshot(
+        name, ref=ref, description=description, metadata=_parse_meta(meta or [])
+    )
+    if json_out:
+        o.emit_json(snap.to_dict())
+    else:
+        o.out.print(f"created snapshot {snap.name!r} at commit {snap.commit_seq}")
+
+
+@snapshot_app.command("list")
+@_guard
+def snapshot_list(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """List snapshots, oldest first."""
+    snaps = lv.connect(uri).dataset(dataset).list_snapshots()
+    if json_out:
+        o.emit_json([s.to_dict() for s in snaps])
+    else:
+        o.snapshots_table(snaps)
+
+
+@snapshot_app.command("show")
+@_guard
+def snapshot_show(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    name: Annotated[str, typer.Argument(help="Snapshot name.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Show one snapshot and where its tables live."""
+    ds = lv.connect(uri).dataset(dataset)
+    snap = ds.snapshot(name)
+    view = ds.at(snap)
+    tables = {t: {"uri": view.delta_table(t)[0], "version": view.delta_table(t)[1]} for t in view.tables}
+    if json_out:
+        o.emit_json({**snap.to_dict(), "tables": tables})
+        return
+    o.snapshots_table([snap])
+    o.table("tables", ["table", "delta version", "uri"],
+            [(t, d["version"], d["uri"]) for t, d in tables.items()])
+    if snap.metadata:
+        o.out.print("metadata: " + json.dumps(dict(snap.metadata), sort_keys=True), markup=False)
+
+
+@snapshot_app.command("delete")
+@_guard
+def snapshot_delete(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    name: Annotated[str, typer.Argument(help="Snapshot name.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    yes: Yes = False,
+) -> None:
+    """Delete a snapshot (needs --yes)."""
+    ds = lv.connect(uri).dataset(dataset)
+    snap = ds.snapshot(name)
+    if not yes:
+        o.err.print(
+            f"error: deleting snapshot {name!r} (commit {snap.commit_seq}) needs --yes",
+            markup=False,
+        )
+        raise typer.Exit(1)
+    ds.delete_snapshot(name)
+    if json_out:
+        o.emit_json({"deleted": name})
+    else:
+        o.out.print(f"deleted snapshot {name!r}")
+
+
+def main() -> None:
+    """Entry point of the `lakever` command."""
+    app(prog_name="lakever")
+    sys.exit(0)

@@ -1,0 +1,123 @@
+"""Test helpers: a moto S3 server, sample rows, and content hashes of a version."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import lakever as lv
+
+CLASSES = ["car", "person", "bike", "truck"]
+
+
+@dataclass
+class S3Server:
+    """A moto S3 server on 127.0.0.1 in its own process.
+
+    Not a thread of the test process: some deltalake calls hold the GIL while
+    they wait on S3, which would starve an in-process server.
+    """
+
+    process: subprocess.Popen[bytes]
+    endpoint: str
+
+    @classmethod
+    def start(cls) -> S3Server:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()  # noqa: S310
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise RuntimeError("the moto S3 server did not start") from None
+                time.sleep(0.1)
+        return cls(proc, endpoint)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def storage_options(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+
+def frames(ids: list[str] | range, *, prefix: str = "f", **cols: Any) -> pl.DataFrame:
+    names = [f"{prefix}{i:05d}" if isinstance(i, int) else i for i in ids]
+    data: dict[str, Any] = {
+        "frame_id": names,
+        "uri": [f"s3://media/{n}.jpg" for n in names],
+        "media_type": ["image"] * len(names),
+        "width": [640] * len(names),
+        "height": [480] * len(names),
+    }
+    data.update(cols)
+    return pl.DataFrame(data)
+
+
+def labels(
+    frame_ids: list[str], *, per_frame: int = 2, cls: str = "car", start: int = 0, **cols: Any
+) -> pl.DataFrame:
+    rows = []
+    for f in frame_ids:
+        for j in range(per_frame):
+            rows.append(
+                {
+                    "label_id": f"{f}-l{start + j}",
+                    "frame_id": f,
+                    "cls": cls,
+                    "x": 10.0 + j,
+                    "y": 20.0,
+                    "w": 30.0,
+                    "h": 40.0,
+                }
+            )
+    df = pl.DataFrame(rows)
+    for k, v in cols.items():
+        df = df.with_columns(pl.lit(v).alias(k))
+    return df
+
+
+def table_hash(df: pl.DataFrame) -> str:
+    """A content hash independent of row and column order."""
+    if df.is_empty():
+        return "empty:" + ",".join(sorted(df.columns))
+    df = df.select(sorted(df.columns))
+    key = "frame_id" if "label_id" not in df.columns else "label_id"
+    df = df.sort(key)
+    h = hashlib.sha256()
+    h.update(",".join(df.columns).encode())
+    h.update(df.write_csv().encode())
+    return h.hexdigest()
+
+
+def content_hash(view: lv.View | lv.Dataset) -> dict[str, str]:
+    """Hash of every table at a version."""
+    return {t: table_hash(view.read(t)) for t in view.tables}
