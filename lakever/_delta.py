@@ -13,6 +13,8 @@ tell a live writer's in-flight version from a crashed writer's orphan.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +32,9 @@ from lakever.storage import Location
 TABLE_CONFIGURATION: dict[str, str | None] = {
     "delta.enableChangeDataFeed": "true",
     "delta.enableExpiredLogCleanup": "false",
+    # Loading a version replays the JSON commits since the last checkpoint; a
+    # short interval keeps every load (and so every commit) cheap on S3.
+    "delta.checkpointInterval": "10",
 }
 
 #: Data files are kept near this size so an edit of a contiguous frame range
@@ -50,6 +55,41 @@ class WriteConflict(Exception):
 
 def _props(claim: Mapping[str, str]) -> CommitProperties:
     return CommitProperties(custom_metadata=dict(claim), max_commit_retries=0)
+
+
+_CACHE_SIZE = 256
+_cache: OrderedDict[tuple[str, int], DeltaTable] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def open_at(loc: Location, version: int) -> DeltaTable:
+    """Load a fresh table object at an exact version (for writing on top of it)."""
+    try:
+        return DeltaTable(loc.uri, version=version, storage_options=loc.delta_options())
+    except (DeltaError, OSError) as exc:
+        raise StorageError(f"cannot load version {version} of {loc.uri}: {exc}") from exc
+
+
+def remember(loc: Location, dt: DeltaTable) -> None:
+    """Cache a table object at its current version; it must never be changed again."""
+    with _cache_lock:
+        _cache[(loc.uri, dt.version())] = dt
+        _cache.move_to_end((loc.uri, dt.version()))
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+
+
+def table_at(loc: Location, version: int) -> DeltaTable:
+    """A shared, read-only table object at an exact version (cached: versions never change)."""
+    key = (loc.uri, version)
+    with _cache_lock:
+        dt = _cache.get(key)
+        if dt is not None:
+            _cache.move_to_end(key)
+            return dt
+    dt = open_at(loc, version)
+    remember(loc, dt)
+    return dt
 
 
 def open_latest(loc: Location) -> DeltaTable | None:
@@ -174,7 +214,7 @@ def restore(dt: DeltaTable, version: int, claim: Mapping[str, str]) -> int:
 
 def scan(loc: Location, version: int) -> pl.LazyFrame:
     """A lazy Polars scan of the table at an exact version."""
-    return pl.scan_delta(loc.uri, version=version, storage_options=loc.delta_options())
+    return pl.scan_delta(table_at(loc, version))
 
 
 def schema_at(loc: Location, version: int) -> dict[str, pl.DataType]:

@@ -195,7 +195,9 @@ class CommitRunner:
         """Load `table` at a version whose content equals HEAD's; return it and that base.
 
         A table HEAD does not record has base version 0: lakever creates every
-        table empty at version 0 before it writes rows.
+        table empty at version 0 before it writes rows. Versions past the base
+        are a live writer's claim (raise `_Busy`) or orphans, which are
+        neutralised with a restore to the base.
         """
         loc = self._loc(table)
         recorded = head.table_versions.get(table)
@@ -239,8 +241,22 @@ class CommitRunner:
         return dt, base
 
     def _write(self, change: TableChange, head: Commit, claim: Mapping[str, str]) -> _Written:
-        dt, base = self._prepare(change.table, head, claim)
         loc = self._loc(change.table)
+        recorded = head.table_versions.get(change.table)
+        if recorded is not None:
+            # Fast path: write straight on HEAD's version. If anything lies past
+            # it, the exact-version write fails and the careful path takes over.
+            try:
+                dt = _delta.open_at(loc, recorded)
+                return _Written(change.table, loc, recorded, self._apply(dt, change, claim, loc))
+            except _delta.WriteConflict:
+                pass
+        dt, base = self._prepare(change.table, head, claim)
+        return _Written(change.table, loc, base, self._apply(dt, change, claim, loc))
+
+    def _apply(
+        self, dt: DeltaTable, change: TableChange, claim: Mapping[str, str], loc: Location
+    ) -> int:
         if change.restore_to is not None:
             version = _delta.restore(dt, change.restore_to, claim)
         elif change.updates.is_empty() and change.deletes.is_empty():
@@ -254,7 +270,8 @@ class CommitRunner:
                 skip_predicate=_frame_range(change),
                 claim=claim,
             )
-        return _Written(change.table, loc, base, version)
+        _delta.remember(loc, dt)
+        return version
 
     def _undo(self, written: list[_Written], head: Commit, claim: Mapping[str, str]) -> None:
         """Neutralise our own unpublished table versions so others need not wait."""

@@ -1,0 +1,195 @@
+"""Crash safety and concurrency, with real writer processes killed or racing."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+
+import lakever as lv
+from tests.helpers import CLASSES, content_hash, frames, table_hash
+
+WORKER = str(Path(__file__).with_name("_worker.py"))
+
+
+def spawn(mode: str, uri: str, name: str, writer: str, count: int, options: dict[str, str],
+          **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, WORKER, mode, uri, name, writer, str(count)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LAKEVER_TEST_OPTIONS": json.dumps(options), **env},
+    )
+
+
+def wait_ready(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "READY", (line, proc.stderr.read() if proc.stderr else "")
+
+
+def base_dataset(lake: lv.Lake) -> lv.Dataset:
+    ds = lake.create_dataset("shared", classes=CLASSES)
+    ds.add_frames(frames(["shared-00000"]))
+    return ds
+
+
+def check_consistent(view: lv.View | lv.Dataset) -> None:
+    """What every complete commit of the worker guarantees, across tables."""
+    f = set(view.read("frames")["frame_id"])
+    lab = view.read("labels")
+    assert set(lab["frame_id"]) <= f
+    worker_frames = {x for x in f if not x.startswith(("shared", "p"))}
+    assert len(worker_frames) % 3 == 0
+    assert lab.filter(pl.col("frame_id").is_in(list(worker_frames))).height == 2 * len(worker_frames)
+    if "inferences/model" in view.tables:
+        assert view.read("inferences/model").height == len(worker_frames)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_never_breaks_the_dataset(local_lake: lv.Lake) -> None:
+    ds = base_dataset(local_lake)
+    ds.create_snapshot("base")
+    hashes = {"base": content_hash(ds.at("base"))}
+    rng = random.Random(7)
+    published_by_parent: list[str] = []
+    orphans_seen = 0
+    for it in range(50):
+        proc = spawn("crash", local_lake.uri, "shared", f"w{it:02d}", 1000, {})
+        wait_ready(proc)
+        time.sleep(rng.uniform(0.0, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        acks = [int(line.split()[1]) for line in out.splitlines() if line.startswith("ACK")]
+        head_before = ds.head
+        if acks:
+            assert head_before.seq in (acks[-1], acks[-1] + 1)
+        check_consistent(ds)
+        for snap in ds.list_snapshots():
+            h = content_hash(ds.at(snap.name))
+            assert hashes.setdefault(snap.name, h) == h, snap.name
+        # the next commit succeeds and publishes none of the killed writer's orphans
+        orphans_seen += any(
+            DeltaTable(ds.delta_table(t)[0]).version() > v
+            for t, v in head_before.table_versions.items()
+        )
+        before = {t: ds.read(t) for t in ds.tables}
+        c = ds.add_frames(frames([f"p{it:05d}"]), message="after crash")
+        assert c.seq == head_before.seq + 1
+        published_by_parent.append(f"p{it:05d}")
+        after = ds.read("frames")
+        assert sorted(after["frame_id"]) == sorted([*before["frames"]["frame_id"], f"p{it:05d}"])
+        for t in ds.tables:
+            if t != "frames":
+                assert content_hash(ds)[t] == table_hash(before[t])
+        check_consistent(ds)
+    assert orphans_seen >= 5  # the kills really landed between table writes and publish
+    assert set(published_by_parent) <= set(ds.read("frames")["frame_id"])
+    assert [c.seq for c in ds.log()] == list(range(ds.head.seq, -1, -1))
+
+
+def run_writers(lake: lv.Lake, options: dict[str, str], writers: int, commits: int) -> dict[str, list[tuple[int, str]]]:
+    procs = {f"w{w}": spawn("concurrent", lake.uri, "shared", f"w{w}", commits, options)
+             for w in range(writers)}
+    acked: dict[str, list[tuple[int, str]]] = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, err[-3000:]
+        acked[name] = [
+            (int(line.split()[1]), line.split()[2]) for line in out.splitlines() if line.startswith("ACK")
+        ]
+    return acked
+
+
+@pytest.mark.slow
+def test_four_writers_lose_nothing(lake: lv.Lake, lake_uri: tuple[str, dict[str, str]]) -> None:
+    _, options = lake_uri
+    ds = base_dataset(lake)
+    acked = run_writers(lake, options, writers=4, commits=25)
+    log = ds.log()
+    assert [c.seq for c in log] == list(range(101, -1, -1))  # unique and gap-free
+    by_seq = {c.seq: c.id for c in log}
+    for name, acks in acked.items():
+        assert len(acks) == 25
+        for seq, cid in acks:
+            assert by_seq[seq] == cid, (name, seq)
+    got = set(ds.read("frames")["frame_id"])
+    expected = {f"w{w}-{i:04d}-{k}" for w in range(4) for i in range(25) for k in range(3)}
+    assert got == expected | {"shared-00000"}
+    assert ds.read("labels").height == 2 * len(expected)
+    # every commit's recorded versions hold exactly what it had acknowledged so far
+    for c in log[::17]:
+        check_consistent(ds.at(c.seq))
+
+
+@pytest.mark.slow
+def test_snapshot_name_race_has_one_winner(lake: lv.Lake, lake_uri: tuple[str, dict[str, str]],
+                                           tmp_path: Path) -> None:
+    _, options = lake_uri
+    ds = base_dataset(lake)
+    for round_ in range(3):
+        go = tmp_path / f"go-{round_}"
+        name = f"race-{round_}"
+        procs = [spawn("snapshot-race", lake.uri, "shared", name, 0, options,
+                       LAKEVER_TEST_GO=str(go)) for _ in range(2)]
+        for p in procs:
+            wait_ready(p)
+        go.touch()
+        codes = sorted(p.wait(timeout=300) for p in procs)
+        assert codes == [0, 3], [p.stderr.read() if p.stderr else "" for p in procs]
+        assert [s.name for s in ds.list_snapshots()].count(name) == 1
+
+
+def test_orphan_versions_are_never_published(lake: lv.Lake) -> None:
+    ds = lake.create_dataset("orph", classes=CLASSES)
+    ds.add_frames(frames(range(3)))
+    head = ds.head
+    uri, version = ds.delta_table("frames")
+    opts = ds.root.delta_options()
+    # a crashed writer's claim: a dead process on this host aimed at the next seq
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    claim = {"lakever.seq": str(head.seq + 1), "lakever.writer": f"{socket.gethostname()}:{dead.stdout.strip()}:x"}
+    write_deltalake(uri, frames(["orphan-1"]).to_arrow(), mode="append", storage_options=opts, schema_mode="merge",
+                    commit_properties=CommitProperties(custom_metadata=claim))
+    # and a write from outside lakever
+    write_deltalake(uri, frames(["outsider"]).to_arrow(), mode="append", storage_options=opts,
+                    schema_mode="merge")
+    assert ds.head == head
+    assert sorted(ds.read("frames")["frame_id"]) == ["f00000", "f00001", "f00002"]
+    c = ds.add_frames(frames(["f00009"]))
+    assert c.seq == head.seq + 1
+    assert sorted(ds.read("frames")["frame_id"]) == ["f00000", "f00001", "f00002", "f00009"]
+    assert c.table_versions["frames"] > version + 2
+
+
+def test_live_claim_makes_writer_wait_then_conflict(local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = local_lake.create_dataset("busy", classes=CLASSES)
+    head = ds.head
+    uri, _ = ds.delta_table("frames")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claim = {"lakever.seq": str(head.seq + 1),
+                 "lakever.writer": f"{socket.gethostname()}:{sleeper.pid}:live"}
+        write_deltalake(uri, frames(["in-flight"]).to_arrow(), mode="append", schema_mode="merge",
+                        commit_properties=CommitProperties(custom_metadata=claim))
+        monkeypatch.setenv("LAKEVER_COMMIT_TIMEOUT", "1")
+        with pytest.raises(lv.ConflictError, match="being written by"):
+            ds.add_frames(frames(["mine"]))
+        assert ds.head == head
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    ds.add_frames(frames(["mine"]))
+    assert sorted(ds.read("frames")["frame_id"]) == ["mine"]
