@@ -183,9 +183,7 @@ def merge(
             )
             .when_matched_update_all(predicate=f"s.{op_column} = 'u'", except_cols=[op_column])
             .when_matched_delete(predicate=f"s.{op_column} = 'd'")
-            .when_not_matched_insert_all(
-                predicate=f"s.{op_column} = 'i'", except_cols=[op_column]
-            )
+            .when_not_matched_insert_all(predicate=f"s.{op_column} = 'i'", except_cols=[op_column])
             .execute()
         )
     except CommitFailedError as exc:

@@ -15,6 +15,8 @@ One dataset commit runs as follows (docs/ARCHITECTURE.md has the why):
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import random
@@ -133,9 +135,7 @@ class CommitRunner:
             stage = Stage(head, self._loc)
             for op in operations:
                 op(stage)
-            changes = stage.changes(
-                lambda t, v, h=head: (count_restore(h, t, v) if count_restore else ChangeCounts())
-            )
+            changes = stage.changes(functools.partial(_count, count_restore, head))
             new_classes = stage.classes
             if not changes and new_classes == head.classes and stage.pins == dict(head.pins):
                 return head
@@ -186,12 +186,14 @@ class CommitRunner:
                     f"gave up after {attempts} attempts: {last_reason}. Nothing was "
                     "published; retry later, or raise $LAKEVER_COMMIT_TIMEOUT"
                 )
-            time.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
+            time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 1.6, 0.5)
 
     # -- one table ----------------------------------------------------------------
 
-    def _prepare(self, table: str, head: Commit, claim: Mapping[str, str]) -> tuple[DeltaTable, int]:
+    def _prepare(
+        self, table: str, head: Commit, claim: Mapping[str, str]
+    ) -> tuple[DeltaTable, int]:
         """Load `table` at a version whose content equals HEAD's; return it and that base.
 
         A table HEAD does not record has base version 0: lakever creates every
@@ -279,10 +281,18 @@ class CommitRunner:
             dt = _delta.open_latest(w.location)
             if dt is None or dt.version() != w.version:
                 continue  # someone already wrote past it; they handled it
-            try:
+            # If this fails, the next writer neutralises it instead.
+            with contextlib.suppress(_delta.WriteConflict, StorageError, OSError):
                 _delta.restore(dt, w.base, claim)
-            except (_delta.WriteConflict, StorageError, OSError):
-                pass  # the next writer neutralises it instead
+
+
+def _count(
+    count_restore: Callable[[Commit, str, int | None], ChangeCounts] | None,
+    head: Commit,
+    table: str,
+    target: int | None,
+) -> ChangeCounts:
+    return count_restore(head, table, target) if count_restore else ChangeCounts()
 
 
 def _cluster(rows: pl.DataFrame) -> pl.DataFrame:
@@ -316,4 +326,5 @@ def _frame_range(change: TableChange) -> str | None:
     if ids.is_empty() or ids.null_count():
         return None
     lo, hi = ids.min(), ids.max()
-    return f"t.frame_id >= {_delta.sql_literal(str(lo))} AND t.frame_id <= {_delta.sql_literal(str(hi))}"
+    low, high = _delta.sql_literal(str(lo)), _delta.sql_literal(str(hi))
+    return f"t.frame_id >= {low} AND t.frame_id <= {high}"

@@ -246,7 +246,9 @@ class Stage:
         """Tables this stage changes, sorted (the order claims are taken in)."""
         return sorted(set(self._puts) | set(self._deletes) | set(self._restores))
 
-    def changes(self, count_restore: Callable[[str, int | None], ChangeCounts]) -> list[TableChange]:
+    def changes(
+        self, count_restore: Callable[[str, int | None], ChangeCounts]
+    ) -> list[TableChange]:
         """Reduce the staged operations to one net change per table."""
         out = []
         for table in self.touched_tables():
@@ -255,8 +257,14 @@ class Stage:
                 target = self._restores[table]
                 empty = pl.DataFrame()
                 change = TableChange(
-                    table, key, empty, empty, empty, empty,
-                    restore_to=target, drop=target is None,
+                    table,
+                    key,
+                    empty,
+                    empty,
+                    empty,
+                    empty,
+                    restore_to=target,
+                    drop=target is None,
                     counts=count_restore(table, target),
                 )
                 if change.counts.total or target != self.base_version(table):
@@ -270,18 +278,14 @@ class Stage:
         puts = self._puts.get(table, pl.DataFrame(schema={key: pl.String}))
         puts = _align(puts, schema)
         deleted = self._deletes.get(table, set())
-        touched = pl.concat(
-            [puts[key], pl.Series(key, sorted(deleted), dtype=pl.String)]
-        ).unique()
+        touched = pl.concat([puts[key], pl.Series(key, sorted(deleted), dtype=pl.String)]).unique()
         base = _align(self.base_rows(table, touched), schema)
         in_base = base[key].implode()
         inserts = puts.filter(~pl.col(key).is_in(in_base))
         matched = puts.filter(pl.col(key).is_in(in_base))
         updates = _changed_rows(matched, base, key)
         deletes = base.filter(pl.col(key).is_in(list(deleted)))
-        counts = ChangeCounts(
-            added=inserts.height, modified=updates.height, deleted=deletes.height
-        )
+        counts = ChangeCounts(added=inserts.height, modified=updates.height, deleted=deletes.height)
         return TableChange(table, key, inserts, updates, deletes, base, counts=counts)
 
 

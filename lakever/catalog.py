@@ -64,9 +64,7 @@ class Lake:
         except FileNotFoundError:
             known = self._names()
             hint = f"; datasets here: {', '.join(known[:10])}" if known else "; the lake is empty"
-            raise DatasetNotFoundError(
-                f"no dataset named {name!r} in {self.uri}{hint}"
-            ) from None
+            raise DatasetNotFoundError(f"no dataset named {name!r} in {self.uri}{hint}") from None
         try:
             return DatasetInfo.from_json(data)
         except (ValueError, KeyError) as exc:
@@ -182,17 +180,19 @@ class Lake:
                     "classes": len(head.classes),
                 }
             )
-        schema = {
-            "name": pl.String,
-            "project": pl.String,
-            "description": pl.String,
-            "tags": pl.List(pl.String),
-            "creator": pl.String,
-            "created_at": pl.Datetime("us", "UTC"),
-            "edited_at": pl.Datetime("us", "UTC"),
-            "head_seq": pl.Int64,
-            "classes": pl.Int64,
-        }
+        schema = pl.Schema(
+            {
+                "name": pl.String,
+                "project": pl.String,
+                "description": pl.String,
+                "tags": pl.List(pl.String),
+                "creator": pl.String,
+                "created_at": pl.Datetime("us", "UTC"),
+                "edited_at": pl.Datetime("us", "UTC"),
+                "head_seq": pl.Int64,
+                "classes": pl.Int64,
+            }
+        )
         return pl.DataFrame(rows, schema=schema)
 
     def delete_dataset(self, name: str, *, force: bool = False) -> None:
@@ -226,6 +226,7 @@ def connect(
             AWS_ACCESS_KEY_ID, ...). Missing ones come from the AWS environment.
 
     Example:
-        >>> lake = lv.connect("s3://bucket/lake", storage_options={"AWS_REGION": "eu-west-1"})  # doctest: +SKIP
+        >>> opts = {"AWS_REGION": "eu-west-1"}
+        >>> lake = lv.connect("s3://bucket/lake", storage_options=opts)  # doctest: +SKIP
     """
     return Lake(Location(resolve_uri(uri), dict(storage_options or {})))

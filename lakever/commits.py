@@ -13,6 +13,7 @@ commit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -201,10 +202,9 @@ class CommitLog:
         if not self._record(commit.seq).put_if_absent(data):
             return False
         self._cache[commit.seq] = commit
-        try:
+        # The hint is an optimisation; readers probe past a stale one.
+        with contextlib.suppress(OSError):
             self._hint.put(json.dumps({"seq": commit.seq}).encode())
-        except OSError:
-            pass  # the hint is an optimisation; readers probe past a stale one
         return True
 
     def at_time(self, when: datetime) -> Commit:

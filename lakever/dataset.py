@@ -12,6 +12,7 @@ Storage layout of one dataset (see docs/ARCHITECTURE.md)::
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -169,10 +170,8 @@ class Dataset(TableReader):
         for table in (FRAMES, LABELS):
             loc = self.table_location(table)
             if _delta.open_latest(loc) is None:
-                try:
+                with contextlib.suppress(_delta.WriteConflict):
                     _delta.create_table(loc, empty_schema(table_kind(table)), claim)
-                except _delta.WriteConflict:
-                    pass
             versions[table] = 0
         self._tags.ensure()
         commit = Commit(
@@ -276,7 +275,7 @@ class Dataset(TableReader):
         """Group several writes into one commit, published when the `with` block ends.
 
         Example:
-            >>> with ds.transaction(message="relabel batch 7", author="etl") as tx:  # doctest: +SKIP
+            >>> with ds.transaction(message="relabel 7", author="etl") as tx:  # doctest: +SKIP
             ...     tx.upsert_labels(new_labels)
             ...     tx.delete_labels(["l-17"])
         """
@@ -304,7 +303,9 @@ class Dataset(TableReader):
         fill(tx)
         return tx.commit()
 
-    def add_frames(self, frames: Any, *, message: str | None = None, author: str | None = None) -> Commit:
+    def add_frames(
+        self, frames: Any, *, message: str | None = None, author: str | None = None
+    ) -> Commit:
         """Add new frames in one commit; any frame_id that exists already is refused."""
         return self._one(message, author, lambda tx: tx.add_frames(frames))
 
@@ -411,7 +412,9 @@ class Dataset(TableReader):
             st.pins.pop(set_name, None)
 
         return self._run(
-            [op], message=message or f"drop inference set {set_name}", author=author,
+            [op],
+            message=message or f"drop inference set {set_name}",
+            author=author,
             operation="drop_inferences",
         )
 
@@ -467,7 +470,7 @@ class Dataset(TableReader):
             operation="revert",
         )
         if discard_newer_snapshots:
-            newer = [s.name for s in self._tags.list() if s.commit_seq > target.seq]
+            newer = [s.name for s in self._tags.snapshots() if s.commit_seq > target.seq]
             self._tags.delete(newer)
         return commit
 
@@ -513,7 +516,7 @@ class Dataset(TableReader):
 
     def list_snapshots(self) -> list[Snapshot]:
         """Every snapshot, oldest first."""
-        return self._tags.list()
+        return self._tags.snapshots()
 
     def snapshots_frame(self) -> pl.DataFrame:
         """The tag table as a Polars DataFrame (what Spark or Polars jobs read)."""
@@ -526,4 +529,3 @@ class Dataset(TableReader):
     def delete_snapshot(self, name: str) -> None:
         """Delete a snapshot (the data it pointed at stays in the history)."""
         self._tags.delete([name])
-

@@ -18,9 +18,7 @@ def _read(loc: Location, version: int | None) -> pl.LazyFrame | None:
     return None if version is None else _delta.scan(loc, version)
 
 
-def compare_counts(
-    loc: Location, key: str, before: int | None, after: int | None
-) -> ChangeCounts:
+def compare_counts(loc: Location, key: str, before: int | None, after: int | None) -> ChangeCounts:
     """Count keys added, deleted and modified between two versions of one table.
 
     Args:

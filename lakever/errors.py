@@ -113,8 +113,7 @@ class ValidationError(LakeverError, ValueError):
             lines.append(f"... and {more} more (see ValidationError.errors)")
         super().__init__(
             f"{len(self.errors)} bad row(s) for table {table!r} (rules: {', '.join(rules)}); "
-            "nothing was written. Fix these rows and send the batch again:\n  "
-            + "\n  ".join(lines)
+            "nothing was written. Fix these rows and send the batch again:\n  " + "\n  ".join(lines)
         )
 
     @property

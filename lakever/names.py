@@ -47,9 +47,7 @@ def check_snapshot_name(name: str) -> str:
     if name != name.strip():
         raise InvalidNameError(f"snapshot name {name!r} must not start or end with spaces")
     if "/" in name or "\\" in name or ".." in name:
-        raise InvalidNameError(
-            f"snapshot name {name!r} must not contain '/', '\\' or '..'"
-        )
+        raise InvalidNameError(f"snapshot name {name!r} must not contain '/', '\\' or '..'")
     if any(unicodedata.category(ch).startswith("C") for ch in name):
         raise InvalidNameError(f"snapshot name {name!r} must not contain control characters")
     return name

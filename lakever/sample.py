@@ -30,7 +30,9 @@ def sample_frames(n_frames: int, *, seed: int = 0, start: int = 0) -> pl.DataFra
     rng = np.random.default_rng(seed)
     idx = np.arange(start, start + n_frames)
     is_video = (idx // 500) % 3 != 0  # blocks of 500 frames: one group each
-    group = np.where(is_video, [f"video-{i // 500:05d}" for i in idx], [f"batch-{i // 500:05d}" for i in idx])
+    group = np.where(
+        is_video, [f"video-{i // 500:05d}" for i in idx], [f"batch-{i // 500:05d}" for i in idx]
+    )
     base = datetime(2026, 1, 1, tzinfo=timezone.utc)
     width = np.where(is_video, 1920, rng.choice([640, 1280, 1600], size=n_frames))
     height = np.where(is_video, 1080, rng.choice([480, 720, 1200], size=n_frames))
@@ -90,9 +92,7 @@ def relabel(labels: pl.DataFrame, *, fraction: float = 0.05, seed: int = 1) -> p
     rng = np.random.default_rng(seed)
     n = max(1, int(labels.height * fraction))
     picked = labels.sample(n=n, seed=seed)
-    new_cls = np.where(
-        rng.random(n) < 0.4, rng.choice(CLASSES, size=n), picked["cls"].to_numpy()
-    )
+    new_cls = np.where(rng.random(n) < 0.4, rng.choice(CLASSES, size=n), picked["cls"].to_numpy())
     return picked.with_columns(
         pl.Series("cls", new_cls),
         (pl.col("w") * 0.95).round(1).alias("w"),

@@ -75,9 +75,7 @@ def table_kind(table: str) -> TableKind:
         return "labels"
     if table.startswith(INFERENCES_PREFIX):
         return "inferences"
-    raise ValueError(
-        f"unknown table {table!r}: use 'frames', 'labels' or 'inferences/<set name>'"
-    )
+    raise ValueError(f"unknown table {table!r}: use 'frames', 'labels' or 'inferences/<set name>'")
 
 
 def core_columns(kind: TableKind) -> tuple[Column, ...]:
@@ -195,12 +193,12 @@ def _lossless_cast(series: pl.Series, target: pl.DataType) -> tuple[pl.Series, p
         return series.cast(target), pl.Series([False] * len(series))
     try:
         out = series.cast(target, strict=False)
-    except Exception:  # noqa: BLE001 - polars raises several types for impossible casts
+    except Exception:
         return series, series.is_not_null()
     try:
         back = out.cast(src, strict=False)
         changed = series.is_not_null() & (out.is_null() | (back != series).fill_null(True))
-    except Exception:  # noqa: BLE001
+    except Exception:
         changed = series.is_not_null() & out.is_null()
     return out, changed
 

@@ -10,6 +10,7 @@ therefore cannot both win.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -32,9 +33,7 @@ TAG_SCHEMA: dict[str, pl.DataType] = {
     "commit_seq": pl.Int64(),
     "frames_version": pl.Int64(),
     "labels_version": pl.Int64(),
-    "tables": pl.List(
-        pl.Struct({"table": pl.String(), "uri": pl.String(), "version": pl.Int64()})
-    ),
+    "tables": pl.List(pl.Struct({"table": pl.String(), "uri": pl.String(), "version": pl.Int64()})),
     "description": pl.String(),
     "creator": pl.String(),
     "created_at": pl.Datetime("us", "UTC"),
@@ -93,10 +92,8 @@ class TagTable:
         """Create the empty tag table if it does not exist yet."""
         if _delta.open_latest(self.location) is None:
             schema = pl.DataFrame(schema=TAG_SCHEMA).to_arrow().schema
-            try:
+            with contextlib.suppress(_delta.WriteConflict):  # created concurrently: fine
                 _delta.create_table(self.location, schema, {})
-            except _delta.WriteConflict:
-                pass  # created concurrently: fine
 
     def _latest(self) -> DeltaTable:
         dt = _delta.open_latest(self.location)
@@ -111,7 +108,7 @@ class TagTable:
         dt = self._latest()
         return _delta.scan(self.location, dt.version()).sort("created_at", "name").collect()
 
-    def list(self) -> list[Snapshot]:
+    def snapshots(self) -> list[Snapshot]:
         """Every snapshot, oldest first."""
         return [_from_row(r) for r in self.frame().iter_rows(named=True)]
 
@@ -146,9 +143,7 @@ class TagTable:
         try:
             meta_json = json.dumps(dict(metadata), sort_keys=True)
         except TypeError as exc:
-            raise TypeError(
-                f"snapshot metadata must be JSON-serialisable: {exc}"
-            ) from exc
+            raise TypeError(f"snapshot metadata must be JSON-serialisable: {exc}") from exc
         tables = [
             {"table": t, "uri": self._table_location(t).uri, "version": v}
             for t, v in sorted(commit.table_versions.items())
@@ -217,7 +212,7 @@ class TagTable:
                 attempt(self._latest())
                 return
             except _delta.WriteConflict:
-                time.sleep(delay * (0.5 + random.random()))  # noqa: S311
+                time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 1.6, 0.5)
         raise ConflictError(
             f"could not update the snapshot table {self.location.uri} after "

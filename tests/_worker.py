@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import polars as pl  # noqa: E402
+import polars as pl
 
-import lakever as lv  # noqa: E402
-from tests.helpers import frames, labels  # noqa: E402
+import lakever as lv
+from tests.helpers import frames, labels
 
 
 def say(text: str) -> None:

@@ -62,7 +62,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def lake_uri(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, dict[str, str]]:
+def lake_uri(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[str, dict[str, str]]:
     """(uri, storage options) of an empty lake on the parametrised backend."""
     if backend == "local":
         return str(tmp_path / "lake"), {}

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
-
-import polars as pl
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
 
 import lakever as lv
 
@@ -43,7 +43,7 @@ class S3Server:
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()  # noqa: S310
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:

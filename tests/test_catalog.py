@@ -26,7 +26,10 @@ def test_list_datasets_filters(lake: lv.Lake) -> None:
     mid = datetime.now(timezone.utc)
     other.add_frames(frames(range(2)))
     assert lake.list_datasets()["name"].to_list() == ["indoor", "traffic-day", "traffic-night"]
-    assert lake.list_datasets(name_like="traffic")["name"].to_list() == ["traffic-day", "traffic-night"]
+    assert lake.list_datasets(name_like="traffic")["name"].to_list() == [
+        "traffic-day",
+        "traffic-night",
+    ]
     assert lake.list_datasets(name_like="*-day")["name"].to_list() == ["traffic-day"]
     assert lake.list_datasets(project="retail")["name"].to_list() == ["indoor"]
     assert lake.list_datasets(tag="night")["name"].to_list() == ["traffic-night"]
@@ -61,6 +64,8 @@ def test_connect_defaults(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_secrets_are_not_shown(tmp_path) -> None:
-    lake = lv.connect("s3://b/p", storage_options={"AWS_SECRET_ACCESS_KEY": "hunter2", "AWS_REGION": "x"})
+    lake = lv.connect(
+        "s3://b/p", storage_options={"AWS_SECRET_ACCESS_KEY": "hunter2", "AWS_REGION": "x"}
+    )
     assert "hunter2" not in repr(lake.root)
     assert "***" in repr(lake.root)

@@ -22,8 +22,9 @@ from tests.helpers import CLASSES, content_hash, frames, table_hash
 WORKER = str(Path(__file__).with_name("_worker.py"))
 
 
-def spawn(mode: str, uri: str, name: str, writer: str, count: int, options: dict[str, str],
-          **env: str) -> subprocess.Popen[str]:
+def spawn(
+    mode: str, uri: str, name: str, writer: str, count: int, options: dict[str, str], **env: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, WORKER, mode, uri, name, writer, str(count)],
         stdout=subprocess.PIPE,
@@ -52,7 +53,9 @@ def check_consistent(view: lv.View | lv.Dataset) -> None:
     assert set(lab["frame_id"]) <= f
     worker_frames = {x for x in f if not x.startswith(("shared", "p"))}
     assert len(worker_frames) % 3 == 0
-    assert lab.filter(pl.col("frame_id").is_in(list(worker_frames))).height == 2 * len(worker_frames)
+    assert lab.filter(pl.col("frame_id").is_in(list(worker_frames))).height == 2 * len(
+        worker_frames
+    )
     if "inferences/model" in view.tables:
         assert view.read("inferences/model").height == len(worker_frames)
 
@@ -99,15 +102,21 @@ def test_sigkill_at_random_points_never_breaks_the_dataset(local_lake: lv.Lake) 
     assert [c.seq for c in ds.log()] == list(range(ds.head.seq, -1, -1))
 
 
-def run_writers(lake: lv.Lake, options: dict[str, str], writers: int, commits: int) -> dict[str, list[tuple[int, str]]]:
-    procs = {f"w{w}": spawn("concurrent", lake.uri, "shared", f"w{w}", commits, options)
-             for w in range(writers)}
+def run_writers(
+    lake: lv.Lake, options: dict[str, str], writers: int, commits: int
+) -> dict[str, list[tuple[int, str]]]:
+    procs = {
+        f"w{w}": spawn("concurrent", lake.uri, "shared", f"w{w}", commits, options)
+        for w in range(writers)
+    }
     acked: dict[str, list[tuple[int, str]]] = {}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=1200)
         assert proc.returncode == 0, err[-3000:]
         acked[name] = [
-            (int(line.split()[1]), line.split()[2]) for line in out.splitlines() if line.startswith("ACK")
+            (int(line.split()[1]), line.split()[2])
+            for line in out.splitlines()
+            if line.startswith("ACK")
         ]
     return acked
 
@@ -134,15 +143,18 @@ def test_four_writers_lose_nothing(lake: lv.Lake, lake_uri: tuple[str, dict[str,
 
 
 @pytest.mark.slow
-def test_snapshot_name_race_has_one_winner(lake: lv.Lake, lake_uri: tuple[str, dict[str, str]],
-                                           tmp_path: Path) -> None:
+def test_snapshot_name_race_has_one_winner(
+    lake: lv.Lake, lake_uri: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
     _, options = lake_uri
     ds = base_dataset(lake)
     for round_ in range(3):
         go = tmp_path / f"go-{round_}"
         name = f"race-{round_}"
-        procs = [spawn("snapshot-race", lake.uri, "shared", name, 0, options,
-                       LAKEVER_TEST_GO=str(go)) for _ in range(2)]
+        procs = [
+            spawn("snapshot-race", lake.uri, "shared", name, 0, options, LAKEVER_TEST_GO=str(go))
+            for _ in range(2)
+        ]
         for p in procs:
             wait_ready(p)
         go.touch()
@@ -158,14 +170,32 @@ def test_orphan_versions_are_never_published(lake: lv.Lake) -> None:
     uri, version = ds.delta_table("frames")
     opts = ds.root.delta_options()
     # a crashed writer's claim: a dead process on this host aimed at the next seq
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    claim = {"lakever.seq": str(head.seq + 1), "lakever.writer": f"{socket.gethostname()}:{dead.stdout.strip()}:x"}
-    write_deltalake(uri, frames(["orphan-1"]).to_arrow(), mode="append", storage_options=opts, schema_mode="merge",
-                    commit_properties=CommitProperties(custom_metadata=claim))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    claim = {
+        "lakever.seq": str(head.seq + 1),
+        "lakever.writer": f"{socket.gethostname()}:{dead.stdout.strip()}:x",
+    }
+    write_deltalake(
+        uri,
+        frames(["orphan-1"]).to_arrow(),
+        mode="append",
+        storage_options=opts,
+        schema_mode="merge",
+        commit_properties=CommitProperties(custom_metadata=claim),
+    )
     # and a write from outside lakever
-    write_deltalake(uri, frames(["outsider"]).to_arrow(), mode="append", storage_options=opts,
-                    schema_mode="merge")
+    write_deltalake(
+        uri,
+        frames(["outsider"]).to_arrow(),
+        mode="append",
+        storage_options=opts,
+        schema_mode="merge",
+    )
     assert ds.head == head
     assert sorted(ds.read("frames")["frame_id"]) == ["f00000", "f00001", "f00002"]
     c = ds.add_frames(frames(["f00009"]))
@@ -174,16 +204,25 @@ def test_orphan_versions_are_never_published(lake: lv.Lake) -> None:
     assert c.table_versions["frames"] > version + 2
 
 
-def test_live_claim_makes_writer_wait_then_conflict(local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_live_claim_makes_writer_wait_then_conflict(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ds = local_lake.create_dataset("busy", classes=CLASSES)
     head = ds.head
     uri, _ = ds.delta_table("frames")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        claim = {"lakever.seq": str(head.seq + 1),
-                 "lakever.writer": f"{socket.gethostname()}:{sleeper.pid}:live"}
-        write_deltalake(uri, frames(["in-flight"]).to_arrow(), mode="append", schema_mode="merge",
-                        commit_properties=CommitProperties(custom_metadata=claim))
+        claim = {
+            "lakever.seq": str(head.seq + 1),
+            "lakever.writer": f"{socket.gethostname()}:{sleeper.pid}:live",
+        }
+        write_deltalake(
+            uri,
+            frames(["in-flight"]).to_arrow(),
+            mode="append",
+            schema_mode="merge",
+            commit_properties=CommitProperties(custom_metadata=claim),
+        )
         monkeypatch.setenv("LAKEVER_COMMIT_TIMEOUT", "1")
         with pytest.raises(lv.ConflictError, match="being written by"):
             ds.add_frames(frames(["mine"]))

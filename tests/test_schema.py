@@ -17,7 +17,13 @@ CLASSES = ("car", "person")
 
 def label_row(i: int, **kw: object) -> dict[str, object]:
     row: dict[str, object] = {
-        "label_id": f"l{i}", "frame_id": "f1", "cls": "car", "x": 1.0, "y": 2.0, "w": 3.0, "h": 4.0,
+        "label_id": f"l{i}",
+        "frame_id": "f1",
+        "cls": "car",
+        "x": 1.0,
+        "y": 2.0,
+        "w": 3.0,
+        "h": 4.0,
     }
     row.update(kw)
     return row
@@ -54,7 +60,11 @@ def test_every_bad_row_is_reported_at_once() -> None:
 
 
 def test_confidence_range_and_null_required() -> None:
-    rows = [label_row(0, confidence=0.5), label_row(1, confidence=1.01), label_row(2, confidence=None)]
+    rows = [
+        label_row(0, confidence=0.5),
+        label_row(1, confidence=1.01),
+        label_row(2, confidence=None),
+    ]
     with pytest.raises(lv.ValidationError) as info:
         prepare_rows("inferences/m", rows, classes=CLASSES)
     assert sorted((e.rule, e.key) for e in info.value.errors) == [
@@ -81,9 +91,14 @@ def test_frames_rules() -> None:
 
 def test_safe_casts_are_applied_and_lossy_ones_refused() -> None:
     df = pl.DataFrame(
-        {"frame_id": ["a", "b"], "uri": ["u", "v"], "media_type": ["image"] * 2,
-         "width": ["640", "1280"], "height": [480.0, 720.0],
-         "captured_at": ["2026-01-01T00:00:00Z", None]}
+        {
+            "frame_id": ["a", "b"],
+            "uri": ["u", "v"],
+            "media_type": ["image"] * 2,
+            "width": ["640", "1280"],
+            "height": [480.0, 720.0],
+            "captured_at": ["2026-01-01T00:00:00Z", None],
+        }
     )
     out = prepare_rows("frames", df, classes=CLASSES)
     assert out.schema["width"] == pl.Int32
@@ -100,7 +115,9 @@ def test_reserved_and_untyped_columns_refused() -> None:
         prepare_rows("labels", [label_row(0, _secret=1)], classes=CLASSES)
     assert info.value.rules == {"reserved_column"}
     with pytest.raises(lv.ValidationError) as info:
-        prepare_rows("labels", pl.DataFrame([label_row(0)]).with_columns(extra=pl.lit(None)), classes=CLASSES)
+        prepare_rows(
+            "labels", pl.DataFrame([label_row(0)]).with_columns(extra=pl.lit(None)), classes=CLASSES
+        )
     assert info.value.rules == {"type"}
 
 
@@ -113,7 +130,10 @@ anyfloat = st.one_of(finite, st.just(math.nan), st.just(math.inf), st.just(-math
     st.lists(
         st.tuples(
             st.sampled_from(["car", "person", "dog"]),
-            anyfloat, anyfloat, anyfloat, anyfloat,
+            anyfloat,
+            anyfloat,
+            anyfloat,
+            anyfloat,
             st.integers(0, 30),
         ),
         min_size=1,
@@ -121,10 +141,7 @@ anyfloat = st.one_of(finite, st.just(math.nan), st.just(math.inf), st.just(-math
     )
 )
 def test_validation_accepts_exactly_the_good_batches(rows: list[tuple]) -> None:
-    batch = [
-        label_row(0, label_id=f"l{k}", cls=c, x=x, y=y, w=w, h=h)
-        for c, x, y, w, h, k in rows
-    ]
+    batch = [label_row(0, label_id=f"l{k}", cls=c, x=x, y=y, w=w, h=h) for c, x, y, w, h, k in rows]
     keys = [r["label_id"] for r in batch]
 
     def bad(r: dict) -> bool:

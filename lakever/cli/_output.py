@@ -52,8 +52,11 @@ def counts_text(commit: Commit) -> str:
     """'labels +10 ~2 -1, frames +5' for a commit."""
     parts = []
     for t, c in sorted(commit.counts.items()):
-        bits = [f"+{c.added}" if c.added else "", f"~{c.modified}" if c.modified else "",
-                f"-{c.deleted}" if c.deleted else ""]
+        bits = [
+            f"+{c.added}" if c.added else "",
+            f"~{c.modified}" if c.modified else "",
+            f"-{c.deleted}" if c.deleted else "",
+        ]
         text = " ".join(b for b in bits if b)
         if text:
             parts.append(f"{t} {text}")

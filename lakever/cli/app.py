@@ -88,8 +88,15 @@ def datasets(
         None,
         ["name", "project", "head", "edited (UTC)", "classes", "tags", "description"],
         [
-            (r["name"], r["project"], r["head_seq"], o.when(r["edited_at"]), r["classes"],
-             ", ".join(r["tags"]), r["description"])
+            (
+                r["name"],
+                r["project"],
+                r["head_seq"],
+                o.when(r["edited_at"]),
+                r["classes"],
+                ", ".join(r["tags"]),
+                r["description"],
+            )
             for r in df.iter_rows(named=True)
         ],
     )
@@ -186,7 +193,9 @@ def _parse_meta(items: list[str]) -> dict[str, Any]:
 @_guard
 def snapshot_create(
     dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    name: Annotated[str | None, typer.Argument(help="Snapshot name (default: timestamped).")] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="Snapshot name (default: timestamped).")
+    ] = None,
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -234,13 +243,18 @@ def snapshot_show(
     ds = lv.connect(uri).dataset(dataset)
     snap = ds.snapshot(name)
     view = ds.at(snap)
-    tables = {t: {"uri": view.delta_table(t)[0], "version": view.delta_table(t)[1]} for t in view.tables}
+    tables = {
+        t: {"uri": view.delta_table(t)[0], "version": view.delta_table(t)[1]} for t in view.tables
+    }
     if json_out:
         o.emit_json({**snap.to_dict(), "tables": tables})
         return
     o.snapshots_table([snap])
-    o.table("tables", ["table", "delta version", "uri"],
-            [(t, d["version"], d["uri"]) for t, d in tables.items()])
+    o.table(
+        "tables",
+        ["table", "delta version", "uri"],
+        [(t, d["version"], d["uri"]) for t, d in tables.items()],
+    )
     if snap.metadata:
         o.out.print("metadata: " + json.dumps(dict(snap.metadata), sort_keys=True), markup=False)
 

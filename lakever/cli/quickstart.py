@@ -45,15 +45,19 @@ def run_quickstart(lake: lv.Lake, *, name: str, n_frames: int, json_out: bool) -
         tags=("sample", "street"),
         project="quickstart",
     )
-    with _step(f"committing {frames.height} frames and {labels.height} labels", json_out):
-        with ds.transaction(message="import from labeling vendor", author="quickstart") as tx:
-            tx.add_frames(frames)
-            tx.upsert_labels(labels)
+    with (
+        _step(f"committing {frames.height} frames and {labels.height} labels", json_out),
+        ds.transaction(message="import from labeling vendor", author="quickstart") as tx,
+    ):
+        tx.add_frames(frames)
+        tx.upsert_labels(labels)
     first = ds.create_snapshot("v1-import", description="as delivered by the vendor")
     with _step("relabeling a batch", json_out):
         relabeled = sample.relabel(labels, fraction=0.05)
         dropped = labels.filter(pl.col("w") < 8).head(200)["label_id"].to_list()
-        with ds.transaction(message="relabel pass 1: fix classes, tighten boxes", author="qa") as tx:
+        with ds.transaction(
+            message="relabel pass 1: fix classes, tighten boxes", author="qa"
+        ) as tx:
             tx.upsert_labels(relabeled)
             tx.delete_labels(dropped, missing_ok=True)
     second = ds.create_snapshot("v2-relabel", description="after QA relabel pass 1")

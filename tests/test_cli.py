@@ -1,0 +1,124 @@
+"""The command line: tables on a terminal, JSON with --json, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import lakever as lv
+from lakever.cli import app
+from tests.helpers import CLASSES, frames
+
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def uri(tmp_path: Path) -> str:
+    return str(tmp_path / "lake")
+
+
+def test_quickstart_builds_two_snapshots_and_a_relabel(uri: str) -> None:
+    code, out, err = run("quickstart", "--uri", uri, "--frames", "600", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert [s["name"] for s in data["snapshots"]] == ["v1-import", "v2-relabel"]
+    assert [c["seq"] for c in data["log"]] == [2, 1, 0]
+    relabel = data["log"][0]["counts"]["labels"]
+    assert relabel["modified"] > 0 and relabel["deleted"] > 0
+    ds = lv.connect(uri).dataset("traffic-demo")
+    assert ds.at("v1-import").read("frames").height == 600
+    assert ds.read("labels").height == data["labels"]
+    assert ds.at("v1-import").read("labels").height == data["labels"] + relabel["deleted"]
+    # a second run does not clobber the first dataset
+    code, out, _ = run("quickstart", "--uri", uri, "--frames", "100", "--json")
+    assert code == 0
+    assert json.loads(out)["dataset"] == "traffic-demo-2"
+
+
+def test_log_datasets_and_snapshot_commands(uri: str) -> None:
+    ds = lv.connect(uri).create_dataset("cams", classes=CLASSES, project="p")
+    ds.add_frames(frames(range(3)), message="import 3")
+    code, out, _ = run("datasets", "--uri", uri, "--json")
+    assert code == 0 and [d["name"] for d in json.loads(out)] == ["cams"]
+    code, out, _ = run("log", "cams", "--uri", uri)
+    assert code == 0 and "import 3" in out and "frames +3" in out
+    code, out, _ = run(
+        "snapshot",
+        "create",
+        "cams",
+        "v1",
+        "--uri",
+        uri,
+        "--description",
+        "first",
+        "--meta",
+        "split=train",
+        "--meta",
+        "n=3",
+    )
+    assert code == 0 and "v1" in out
+    code, out, _ = run("snapshot", "show", "cams", "v1", "--uri", uri, "--json")
+    shown = json.loads(out)
+    assert shown["metadata"] == {"split": "train", "n": 3}
+    assert shown["tables"]["frames"]["version"] == ds.head.table_versions["frames"]
+    code, out, _ = run("snapshot", "list", "cams", "--uri", uri)
+    assert code == 0 and "first" in out
+    code, _, err = run("snapshot", "delete", "cams", "v1", "--uri", uri)
+    assert code == 1 and "--yes" in err
+    assert ds.snapshot("v1").name == "v1"
+    code, _, _ = run("snapshot", "delete", "cams", "v1", "--uri", uri, "--yes")
+    assert code == 0 and ds.list_snapshots() == []
+
+
+def test_revert_asks_before_discarding_snapshots(uri: str) -> None:
+    ds = lv.connect(uri).create_dataset("cams", classes=CLASSES)
+    ds.add_frames(frames(range(3)))
+    ds.create_snapshot("old")
+    ds.add_frames(frames(range(3, 5)))
+    ds.create_snapshot("new")
+    code, _, err = run("revert", "cams", "old", "--uri", uri, "--discard-newer-snapshots")
+    assert code == 1 and "new" in err and "--yes" in err
+    assert ds.head.seq == 2
+    code, out, _ = run(
+        "revert", "cams", "old", "--uri", uri, "--discard-newer-snapshots", "--yes", "--json"
+    )
+    assert code == 0 and json.loads(out)["operation"] == "revert"
+    assert ds.read("frames").height == 3
+    assert [s.name for s in ds.list_snapshots()] == ["old"]
+
+
+def test_errors_are_one_line_without_traceback(uri: str) -> None:
+    code, _, err = run("log", "missing", "--uri", uri)
+    assert code == 1
+    assert err.strip().startswith("error: no dataset named 'missing'")
+    assert "Traceback" not in err
+    lv.connect(uri).create_dataset("cams", classes=CLASSES)
+    code, _, err = run("revert", "cams", "no-such-ref", "--uri", uri)
+    assert code == 1 and "no-such-ref" in err and len(err.strip().splitlines()) == 1
+    result = runner.invoke(app, ["log", "missing", "--uri", uri, "--verbose"])
+    assert isinstance(result.exception, lv.DatasetNotFoundError)
+
+
+def test_installed_entry_point_runs(tmp_path: Path) -> None:
+    exe = shutil.which("lakever") or str(Path(sys.executable).with_name("lakever"))
+    proc = subprocess.run(
+        [exe, "quickstart", "--frames", "300"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "v2-relabel" in proc.stdout and "Try next" in proc.stdout
+    assert (tmp_path / "lakever-data" / "datasets" / "traffic-demo").is_dir()
