@@ -180,20 +180,18 @@ class Lake:
                     "classes": len(head.classes),
                 }
             )
-        schema = pl.Schema(
-            {
-                "name": pl.String,
-                "project": pl.String,
-                "description": pl.String,
-                "tags": pl.List(pl.String),
-                "creator": pl.String,
-                "created_at": pl.Datetime("us", "UTC"),
-                "edited_at": pl.Datetime("us", "UTC"),
-                "head_seq": pl.Int64,
-                "classes": pl.Int64,
-            }
-        )
-        return pl.DataFrame(rows, schema=schema)
+        columns: dict[str, pl.DataType] = {
+            "name": pl.String(),
+            "project": pl.String(),
+            "description": pl.String(),
+            "tags": pl.List(pl.String()),
+            "creator": pl.String(),
+            "created_at": pl.Datetime("us", "UTC"),
+            "edited_at": pl.Datetime("us", "UTC"),
+            "head_seq": pl.Int64(),
+            "classes": pl.Int64(),
+        }
+        return pl.DataFrame(rows, schema=columns)
 
     def delete_dataset(self, name: str, *, force: bool = False) -> None:
         """Delete a dataset and all its data.
