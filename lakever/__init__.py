@@ -12,6 +12,7 @@ Example:
 from lakever.catalog import Lake, connect
 from lakever.commits import ChangeCounts, Commit
 from lakever.dataset import Dataset, Ref
+from lakever.diff import ClassChanges, Diff, diff
 from lakever.errors import (
     CommitNotFoundError,
     ConflictError,
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChangeCounts",
+    "ClassChanges",
     "Commit",
     "CommitNotFoundError",
     "ConflictError",
@@ -46,6 +48,7 @@ __all__ = [
     "Dataset",
     "DatasetExistsError",
     "DatasetNotFoundError",
+    "Diff",
     "InvalidNameError",
     "InvalidRefError",
     "Lake",
@@ -65,4 +68,5 @@ __all__ = [
     "View",
     "__version__",
     "connect",
+    "diff",
 ]

@@ -144,6 +144,35 @@ def append(dt: DeltaTable, rows: pl.DataFrame, claim: Mapping[str, str]) -> int:
     return dt.version()
 
 
+#: Every this many versions, a write checks whether small files piled up.
+COMPACT_EVERY = 20
+#: Compact when at least this many files are smaller than half the target size.
+COMPACT_MIN_SMALL_FILES = 20
+
+
+def maybe_compact(dt: DeltaTable, claim: Mapping[str, str]) -> int:
+    """Merge small files (from many small commits) into target-size ones, now and then.
+
+    Runs inside the caller's commit, as the next exact version: compaction
+    changes no rows and writes no change-feed rows, so diffs and histories do
+    not see it, while reads stop paying for thousands of tiny files.
+    """
+    if dt.version() % COMPACT_EVERY != 0:
+        return dt.version()
+    sizes = pl.DataFrame(dt.get_add_actions(flatten=True)).get_column("size_bytes")
+    if int((sizes < TARGET_FILE_SIZE // 2).sum()) < COMPACT_MIN_SMALL_FILES:
+        return dt.version()
+    try:
+        dt.optimize.compact(
+            target_size=TARGET_FILE_SIZE,
+            writer_properties=_WRITER,
+            commit_properties=_props({**claim, "lakever.compaction": "true"}),
+        )
+    except CommitFailedError as exc:
+        raise WriteConflict(str(exc)) from exc
+    return dt.version()
+
+
 def merge(
     dt: DeltaTable,
     source: pl.DataFrame,
@@ -213,6 +242,13 @@ def restore(dt: DeltaTable, version: int, claim: Mapping[str, str]) -> int:
 def scan(loc: Location, version: int) -> pl.LazyFrame:
     """A lazy Polars scan of the table at an exact version."""
     return pl.scan_delta(table_at(loc, version))
+
+
+def read_cdf(loc: Location, start: int, end: int, *, predicate: str | None = None) -> pl.DataFrame:
+    """Change Data Feed rows of versions `start`..`end` (inclusive) as Polars."""
+    dt = table_at(loc, end)
+    reader = dt.load_cdf(starting_version=start, ending_version=end, predicate=predicate)
+    return pl.DataFrame(reader)
 
 
 def schema_at(loc: Location, version: int) -> dict[str, pl.DataType]:

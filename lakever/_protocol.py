@@ -272,6 +272,7 @@ class CommitRunner:
                 skip_predicate=_frame_range(change),
                 claim=claim,
             )
+        version = _delta.maybe_compact(dt, claim)
         _delta.remember(loc, dt)
         return version
 

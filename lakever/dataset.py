@@ -13,6 +13,7 @@ Storage layout of one dataset (see docs/ARCHITECTURE.md)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import json
 import os
@@ -24,16 +25,18 @@ from typing import Any
 
 import polars as pl
 
-from lakever import _delta
+from lakever import _changes, _delta
 from lakever._protocol import CommitRunner, Operation
 from lakever._staging import Stage
 from lakever.commits import ChangeCounts, Commit, CommitLog, now_utc
-from lakever.diff import compare_counts
+from lakever.diff import Diff
 from lakever.errors import (
     CorruptLakeError,
     InvalidRefError,
+    SnapshotNotFoundError,
     TableNotFoundError,
 )
+from lakever.history import history as _history
 from lakever.names import check_snapshot_name
 from lakever.schema import FRAMES, LABELS, empty_schema, key_column, normalize_classes, table_kind
 from lakever.storage import Location
@@ -115,6 +118,7 @@ class Dataset(TableReader):
         self._log = CommitLog(root)
         self._tags = TagTable(root.child("snapshots"), self.table_location)
         self._runner = CommitRunner(self._log, self.table_location)
+        self._counts_memo: dict[tuple[str, str], dict[str, ChangeCounts]] = {}
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, uri={self.root.uri!r})"
@@ -475,12 +479,63 @@ class Dataset(TableReader):
         return commit
 
     def _count_restore(self, head: Commit, table: str, target: int | None) -> ChangeCounts:
-        return compare_counts(
+        change = _changes.table_change(
             self.table_location(table),
             key_column(table_kind(table)),
             head.table_versions.get(table),
             target,
         )
+        return _changes.counts(change)
+
+    # -- diffs and history -------------------------------------------------------------
+
+    def diff(self, a: Ref, b: Ref | None = None) -> Diff:
+        """Compare two versions of the dataset (`b` defaults to HEAD).
+
+        Cost follows the size of the change: the rows come from each table's
+        Change Data Feed between the two versions.
+
+        Example:
+            >>> ds.diff("v1", "v2").summary()  # doctest: +SKIP
+        """
+        return Diff(self.at(a), self.at("HEAD" if b is None else b))
+
+    def changes_since_snapshot(self, name: str | None = None) -> Diff:
+        """What changed from a snapshot (default: the latest one) to HEAD, like `git status`."""
+        if name is None:
+            snaps = self._tags.snapshots()
+            if not snaps:
+                raise SnapshotNotFoundError(
+                    f"dataset {self.name!r} has no snapshots yet; create one with "
+                    "ds.create_snapshot() or `lakever snapshot create`"
+                )
+            name = snaps[-1].name
+        return self.diff(name)
+
+    def history(self, *, frame_id: str | None = None, label_id: str | None = None) -> pl.DataFrame:
+        """Every version of a frame and its labels, or of one label, oldest first.
+
+        Returns:
+            One row per change: seq, commit_id, created_at, author, message,
+            table, key, change ('added' | 'modified' | 'deleted'), changed
+            (columns), and the row before and after as JSON.
+        """
+        return _history(self, frame_id=frame_id, label_id=label_id)
+
+    def _snapshot_changes(self, snaps: list[Snapshot]) -> list[Snapshot]:
+        """Attach to each snapshot its change counts against the snapshot before it."""
+        out = []
+        prev_commit = self._log.get(0)
+        prev_name: str | None = None
+        for s in snaps:
+            commit = self._snapshot_commit(s)
+            memo = (prev_commit.id, commit.id)
+            if memo not in self._counts_memo:
+                d = Diff(View(self, prev_commit, prev_commit.seq), View(self, commit, s.name))
+                self._counts_memo[memo] = d.counts()
+            out.append(dataclasses.replace(s, previous=prev_name, changes=self._counts_memo[memo]))
+            prev_commit, prev_name = commit, s.name
+        return out
 
     # -- snapshots ---------------------------------------------------------------------
 
@@ -515,16 +570,17 @@ class Dataset(TableReader):
         )
 
     def list_snapshots(self) -> list[Snapshot]:
-        """Every snapshot, oldest first."""
-        return self._tags.snapshots()
+        """Every snapshot, oldest first, with its change counts against the one before it."""
+        return self._snapshot_changes(self._tags.snapshots())
 
     def snapshots_frame(self) -> pl.DataFrame:
         """The tag table as a Polars DataFrame (what Spark or Polars jobs read)."""
         return self._tags.frame()
 
     def snapshot(self, name: str) -> Snapshot:
-        """The snapshot called `name`; SnapshotNotFoundError if none."""
-        return self._tags.get(name)
+        """The snapshot called `name`, with change counts; SnapshotNotFoundError if none."""
+        self._tags.get(name)
+        return next(s for s in self.list_snapshots() if s.name == name)
 
     def delete_snapshot(self, name: str) -> None:
         """Delete a snapshot (the data it pointed at stays in the history)."""

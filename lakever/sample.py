@@ -6,7 +6,7 @@ given seed. Media URIs point nowhere: lakever never reads media bytes.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import numpy as np
 import polars as pl
@@ -30,28 +30,36 @@ def sample_frames(n_frames: int, *, seed: int = 0, start: int = 0) -> pl.DataFra
     rng = np.random.default_rng(seed)
     idx = np.arange(start, start + n_frames)
     is_video = (idx // 500) % 3 != 0  # blocks of 500 frames: one group each
-    group = np.where(
-        is_video, [f"video-{i // 500:05d}" for i in idx], [f"batch-{i // 500:05d}" for i in idx]
-    )
-    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
     width = np.where(is_video, 1920, rng.choice([640, 1280, 1600], size=n_frames))
     height = np.where(is_video, 1080, rng.choice([480, 720, 1200], size=n_frames))
-    return pl.DataFrame(
-        {
-            "frame_id": [frame_id(int(i)) for i in idx],
-            "uri": [
-                f"s3://media-bucket/{g}/{int(i) % 500:06d}.{'png' if v else 'jpg'}"
-                for g, i, v in zip(group, idx, is_video, strict=True)
-            ],
-            "media_type": np.where(is_video, "video_frame", "image"),
-            "width": width.astype(np.int32),
-            "height": height.astype(np.int32),
-            "group_id": group,
-            "sequence": (idx % 500).astype(np.int64),
-            "captured_at": [base + timedelta(seconds=int(i) / 10) for i in idx],
-            "weather": rng.choice(_WEATHER, size=n_frames),
-            "camera": rng.choice(["front", "left", "right", "rear"], size=n_frames),
-        }
+    base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    df = pl.DataFrame({"i": idx, "video": is_video})
+    group = pl.format(
+        "{}-{}",
+        pl.when(pl.col("video")).then(pl.lit("video")).otherwise(pl.lit("batch")),
+        (pl.col("i") // 500).cast(pl.String).str.zfill(5),
+    )
+    return df.select(
+        pl.format("fr{}", pl.col("i").cast(pl.String).str.zfill(9)).alias("frame_id"),
+        pl.format(
+            "s3://media-bucket/{}/{}.{}",
+            group,
+            (pl.col("i") % 500).cast(pl.String).str.zfill(6),
+            pl.when(pl.col("video")).then(pl.lit("png")).otherwise(pl.lit("jpg")),
+        ).alias("uri"),
+        pl.when(pl.col("video"))
+        .then(pl.lit("video_frame"))
+        .otherwise(pl.lit("image"))
+        .alias("media_type"),
+        pl.Series("width", width.astype(np.int32)),
+        pl.Series("height", height.astype(np.int32)),
+        group.alias("group_id"),
+        (pl.col("i") % 500).cast(pl.Int64).alias("sequence"),
+        (pl.lit(base) + pl.duration(milliseconds=pl.col("i") * 100))
+        .dt.cast_time_unit("us")
+        .alias("captured_at"),
+        pl.Series("weather", rng.choice(_WEATHER, size=n_frames)),
+        pl.Series("camera", rng.choice(["front", "left", "right", "rear"], size=n_frames)),
     )
 
 
@@ -71,11 +79,12 @@ def sample_labels(
     h = np.maximum(4.0, rng.gamma(2.0, 0.06, size=n) * heights).round(1)
     x = (rng.random(n) * np.maximum(widths - w, 1.0)).round(1)
     y = (rng.random(n) * np.maximum(heights - h, 1.0)).round(1)
-    within = np.concatenate([np.arange(c) for c in counts]) if n else np.array([], dtype=int)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    within = np.arange(n) - starts
     return pl.DataFrame(
         {
-            "label_id": [f"{f}-{j:03d}" for f, j in zip(fids, within, strict=True)],
             "frame_id": fids,
+            "within": within,
             "cls": cls,
             "x": x,
             "y": y,
@@ -84,6 +93,11 @@ def sample_labels(
             "occluded": rng.random(n) < 0.15,
             "annotator": rng.choice(["vendor-a", "vendor-b", "inhouse"], size=n),
         }
+    ).select(
+        pl.format("{}-{}", pl.col("frame_id"), pl.col("within").cast(pl.String).str.zfill(3)).alias(
+            "label_id"
+        ),
+        pl.exclude("within"),
     )
 
 

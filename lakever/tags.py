@@ -23,7 +23,7 @@ import polars as pl
 from deltalake import DeltaTable
 
 from lakever import _delta
-from lakever.commits import Commit
+from lakever.commits import ChangeCounts, Commit
 from lakever.errors import ConflictError, SnapshotExistsError, SnapshotNotFoundError
 from lakever.storage import Location
 
@@ -56,6 +56,11 @@ class Snapshot:
         creator: who made it.
         created_at: when (UTC).
         metadata: user key/value pairs.
+        previous: the snapshot before it (None for the first).
+        changes: per-table rows added, modified and deleted since `previous`
+            (since the empty dataset for the first). Filled in by
+            `Dataset.snapshot` and `Dataset.list_snapshots`, always fresh, so
+            they stay right when a snapshot in between is deleted.
     """
 
     name: str
@@ -66,6 +71,8 @@ class Snapshot:
     creator: str
     created_at: datetime
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    previous: str | None = None
+    changes: Mapping[str, ChangeCounts] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as JSON-ready data."""
@@ -78,6 +85,10 @@ class Snapshot:
             "creator": self.creator,
             "created_at": self.created_at.isoformat(),
             "metadata": dict(self.metadata),
+            "previous": self.previous,
+            "changes": None
+            if self.changes is None
+            else {t: c.to_dict() for t, c in self.changes.items()},
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 
 import polars as pl
@@ -25,7 +26,12 @@ def test_snapshot_records_every_table_version(ds: lv.Dataset) -> None:
     assert snap.commit_id == ds.head.id
     assert dict(snap.table_versions) == dict(ds.head.table_versions)
     got = ds.snapshot("v1")
-    assert got == snap
+    assert dataclasses.replace(got, changes=None) == snap
+    assert got.previous is None
+    assert got.changes == {
+        "frames": lv.ChangeCounts(added=6),
+        "labels": lv.ChangeCounts(added=12),
+    }
     assert got.metadata == {"split": "train", "n": 3}
     assert got.creator == "tester"
     with pytest.raises(lv.SnapshotExistsError, match="v1"):

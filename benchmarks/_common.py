@@ -1,0 +1,102 @@
+"""Shared benchmark helpers: timing, byte counting, dataset building, result tables."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+import lakever as lv
+from lakever import _delta, sample
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def median_time(fn: Callable[[], Any], *, repeat: int, setup: Callable[[], Any] | None = None) -> float:
+    """Median wall time of `fn` over `repeat` runs (setup untimed)."""
+    times = []
+    for _ in range(repeat):
+        if setup is not None:
+            setup()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def tree_bytes(path: str | Path) -> int:
+    """Total size of the files below a folder."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def fresh_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def build_dataset(root: Path, name: str, n_labels: int) -> tuple[lv.Dataset, pl.DataFrame, pl.DataFrame]:
+    """A sample dataset of about `n_labels` labels (10 per frame), committed in one transaction."""
+    n_frames = max(1, n_labels // 10)
+    frames = sample.sample_frames(n_frames)
+    labels = sample.sample_labels(frames)
+    ds = lv.connect(root).create_dataset(name, classes=sample.CLASSES)
+    with ds.transaction(message="bulk import") as tx:
+        tx.add_frames(frames)
+        tx.upsert_labels(labels)
+    return ds, frames, labels
+
+
+def version_bytes(uri: str, before: int, after: int) -> tuple[int, int]:
+    """(bytes of data files added between two versions, bytes of the table at `before`)."""
+    a = pl.DataFrame(_delta.table_at(_delta_loc(uri), before).get_add_actions(flatten=True))
+    b = pl.DataFrame(_delta.table_at(_delta_loc(uri), after).get_add_actions(flatten=True))
+    new = b.filter(~pl.col("path").is_in(a["path"].implode()))
+    return int(new["size_bytes"].sum()), int(a["size_bytes"].sum())
+
+
+def _delta_loc(uri: str) -> Any:
+    from lakever.storage import Location
+
+    return Location(uri)
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def fmt_b(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def markdown(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> str:
+    lines = [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def save(name: str, sections: Sequence[str], header: str) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text(header + "\n" + "\n".join(sections))
+    return path

@@ -1,0 +1,55 @@
+"""Run lakever's benchmarks and write a readable table to benchmarks/results/.
+
+    python benchmarks/run.py                 # full sizes (10M labels; needs ~10 GiB RAM, ~15 min)
+    python benchmarks/run.py --quick         # small sizes, a smoke run
+    python benchmarks/run.py --only core
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import deltalake  # noqa: E402
+import polars as pl  # noqa: E402
+
+import lakever  # noqa: E402
+from benchmarks import bench_core  # noqa: E402
+from benchmarks._common import save  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    parser.add_argument("--only", choices=["core"], action="append", help="run only these suites")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    args = parser.parse_args()
+    suites = args.only or ["core"]
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="lakever-bench-"))
+    header = (
+        f"# lakever benchmarks ({'quick' if args.quick else 'full'})\n\n"
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; lakever {lakever.__version__}, "
+        f"deltalake {deltalake.__version__}, polars {pl.__version__}, Python "
+        f"{platform.python_version()}, {platform.machine()}; local disk.\n"
+    )
+    started = time.perf_counter()
+    for suite in suites:
+        if suite == "core":
+            sizes = [20_000, 100_000] if args.quick else [100_000, 1_000_000, 10_000_000]
+            sections = bench_core.run(work, sizes=sizes, repeat=10 if args.quick else 20,
+                                      commits=100 if args.quick else 1000)
+        name = f"{suite}-quick" if args.quick else suite
+        path = save(name, sections, header)
+        print(f"wrote {path} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

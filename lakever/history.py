@@ -1,0 +1,159 @@
+"""Per-row edit history: every version of a frame (and its labels) or of a label.
+
+The history is read from each table's Change Data Feed, filtered to the keys
+asked for, so its cost follows how often those rows changed. A row's state at
+a Delta version is its last CDF event at or before that version (an insert or
+update post-image means it exists with those values; a delete means it does
+not; no event yet means it does not exist, since every table starts empty).
+Walking the commit log in order and reading each commit's recorded version
+gives the row's value at every commit; each change of value is one entry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from lakever import _delta
+from lakever.commits import Commit
+from lakever.schema import FRAMES, LABELS
+
+if TYPE_CHECKING:
+    from lakever.dataset import Dataset
+
+_AFTER_IMAGES = ("insert", "update_postimage")
+_META = ("_change_type", "_commit_version", "_commit_timestamp")
+
+HISTORY_SCHEMA: dict[str, pl.DataType] = {
+    "seq": pl.Int64(),
+    "commit_id": pl.String(),
+    "created_at": pl.Datetime("us", "UTC"),
+    "author": pl.String(),
+    "message": pl.String(),
+    "table": pl.String(),
+    "key": pl.String(),
+    "change": pl.String(),
+    "changed": pl.List(pl.String()),
+    "before": pl.String(),
+    "after": pl.String(),
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    return value
+
+
+def row_json(row: dict[str, Any]) -> str:
+    """A row as canonical JSON (sorted keys, ISO times): how history shows values."""
+    return json.dumps({k: _plain(v) for k, v in row.items()}, sort_keys=True)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+class _KeyStates:
+    """The state of one key at any Delta version, from its CDF events."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        rank = {"update_preimage": 0, "delete": 0, "insert": 1, "update_postimage": 1}
+        events.sort(key=lambda e: (e["_commit_version"], rank[e["_change_type"]]))
+        self.versions = [e["_commit_version"] for e in events]
+        self.events = events
+
+    def at(self, version: int | None) -> dict[str, Any] | None:
+        if version is None:
+            return None
+        i = bisect.bisect_right(self.versions, version) - 1
+        if i < 0 or self.events[i]["_change_type"] not in _AFTER_IMAGES:
+            return None
+        return {k: v for k, v in self.events[i].items() if k not in _META}
+
+
+def _events(ds: Dataset, table: str, upto: int, predicate: str) -> pl.DataFrame:
+    if upto < 1:
+        return pl.DataFrame()
+    return _delta.read_cdf(ds.table_location(table), 1, upto, predicate=predicate)
+
+
+def _walk(
+    commits: list[Commit], table: str, key: str, events: pl.DataFrame
+) -> Iterable[dict[str, Any]]:
+    if events.is_empty():
+        return
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for e in events.iter_rows(named=True):
+        by_key.setdefault(e[key], []).append(e)
+    for k, evs in sorted(by_key.items()):
+        states = _KeyStates(evs)
+        prev: dict[str, Any] | None = None
+        for c in commits:
+            cur = states.at(c.table_versions.get(table))
+            if prev is None and cur is None:
+                continue
+            if prev is not None and cur is not None:
+                changed = sorted(
+                    n for n in set(prev) | set(cur) if not _same(prev.get(n), cur.get(n))
+                )
+                if not changed:
+                    continue
+                change = "modified"
+            else:
+                changed = sorted(cur or prev or {})
+                change = "added" if prev is None else "deleted"
+            yield {
+                "seq": c.seq,
+                "commit_id": c.id,
+                "created_at": c.created_at,
+                "author": c.author,
+                "message": c.message,
+                "table": table,
+                "key": k,
+                "change": change,
+                "changed": changed,
+                "before": None if prev is None else row_json(prev),
+                "after": None if cur is None else row_json(cur),
+            }
+            prev = cur
+
+
+def history(
+    ds: Dataset, *, frame_id: str | None = None, label_id: str | None = None
+) -> pl.DataFrame:
+    """Every version of a frame and its labels, or of one label, oldest first."""
+    if (frame_id is None) == (label_id is None):
+        raise ValueError("give exactly one of frame_id=... or label_id=...")
+    commits = list(reversed(ds.log()))
+
+    def upto(table: str) -> int:
+        return max((c.table_versions.get(table, 0) for c in commits), default=0)
+
+    rows: list[dict[str, Any]] = []
+    if frame_id is not None:
+        lit = _delta.sql_literal(frame_id)
+        rows += _walk(
+            commits, FRAMES, "frame_id", _events(ds, FRAMES, upto(FRAMES), f"frame_id = {lit}")
+        )
+        on_frame = _events(ds, LABELS, upto(LABELS), f"frame_id = {lit}")
+        if not on_frame.is_empty():
+            ids = sorted(set(on_frame["label_id"].to_list()))
+            pred = "label_id IN (" + ", ".join(_delta.sql_literal(i) for i in ids) + ")"
+            rows += _walk(commits, LABELS, "label_id", _events(ds, LABELS, upto(LABELS), pred))
+    else:
+        assert label_id is not None
+        pred = f"label_id = {_delta.sql_literal(label_id)}"
+        rows += _walk(commits, LABELS, "label_id", _events(ds, LABELS, upto(LABELS), pred))
+    rows.sort(key=lambda r: (r["seq"], r["table"] != FRAMES, r["key"]))
+    return pl.DataFrame(rows, schema=HISTORY_SCHEMA)
