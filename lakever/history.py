@@ -103,15 +103,17 @@ def _walk(
             cur = states.at(c.table_versions.get(table))
             if prev is None and cur is None:
                 continue
+            before, after = prev or {}, cur or {}
+            changed = sorted(
+                n
+                for n in set(before) | set(after)
+                if n != key and not _same(before.get(n), after.get(n))
+            )
             if prev is not None and cur is not None:
-                changed = sorted(
-                    n for n in set(prev) | set(cur) if not _same(prev.get(n), cur.get(n))
-                )
                 if not changed:
                     continue
                 change = "modified"
             else:
-                changed = sorted(cur or prev or {})
                 change = "added" if prev is None else "deleted"
             yield {
                 "seq": c.seq,

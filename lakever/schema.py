@@ -178,7 +178,7 @@ def _lossless_cast(series: pl.Series, target: pl.DataType) -> tuple[pl.Series, p
     """Cast a column; return (cast column, mask of rows the cast would change or drop)."""
     src = series.dtype
     if src == target:
-        return series, pl.Series([False] * len(series))
+        return series, pl.Series([False] * len(series), dtype=pl.Boolean)
     if target == UTC_US and src == pl.String:
         out = series.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
         return out, series.is_not_null() & out.is_null()
@@ -188,9 +188,9 @@ def _lossless_cast(series: pl.Series, target: pl.DataType) -> tuple[pl.Series, p
             if src.time_zone is None
             else series.dt.convert_time_zone("UTC")
         )
-        return zoned.cast(target), pl.Series([False] * len(series))
+        return zoned.cast(target), pl.Series([False] * len(series), dtype=pl.Boolean)
     if isinstance(src, pl.Null):
-        return series.cast(target), pl.Series([False] * len(series))
+        return series.cast(target), pl.Series([False] * len(series), dtype=pl.Boolean)
     try:
         out = series.cast(target, strict=False)
     except Exception:

@@ -163,3 +163,23 @@ def test_validation_accepts_exactly_the_good_batches(rows: list[tuple]) -> None:
         out = prepare_rows("labels", batch, classes=CLASSES)
         assert out.height == len(batch)
         assert out["label_id"].to_list() == keys
+
+
+def test_empty_batch_is_valid() -> None:
+    out = prepare_rows(
+        "labels",
+        pl.DataFrame(
+            schema={
+                "label_id": pl.String,
+                "frame_id": pl.String,
+                "cls": pl.String,
+                "x": pl.Float64,
+                "y": pl.Float64,
+                "w": pl.Float64,
+                "h": pl.Float64,
+            }
+        ),
+        classes=CLASSES,
+    )
+    assert out.height == 0
+    assert out.columns == ["label_id", "frame_id", "cls", "x", "y", "w", "h"]

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from lakever.commits import Commit
+from lakever.commits import ChangeCounts, Commit
 from lakever.tags import Snapshot
 
 out = Console(highlight=False, soft_wrap=True)
@@ -48,19 +48,21 @@ def when(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def counts_text(commit: Commit) -> str:
-    """'labels +10 ~2 -1, frames +5' for a commit."""
+def changes_text(counts: Mapping[str, ChangeCounts]) -> str:
+    """'labels +10 ~2 -1, frames +5': added, modified, deleted per table."""
     parts = []
-    for t, c in sorted(commit.counts.items()):
-        bits = [
-            f"+{c.added}" if c.added else "",
-            f"~{c.modified}" if c.modified else "",
-            f"-{c.deleted}" if c.deleted else "",
-        ]
+    for t, c in sorted(counts.items()):
+        bits = [f"+{c.added}" if c.added else "", f"~{c.modified}" if c.modified else "",
+                f"-{c.deleted}" if c.deleted else ""]  # fmt: skip
         text = " ".join(b for b in bits if b)
         if text:
             parts.append(f"{t} {text}")
-    return ", ".join(parts) or "-"
+    return ", ".join(parts)
+
+
+def counts_text(commit: Commit) -> str:
+    """A commit's changes, or '-' for none."""
+    return changes_text(commit.counts) or "-"
 
 
 def commits_table(commits: Sequence[Commit], title: str | None = None) -> None:
@@ -75,11 +77,17 @@ def commits_table(commits: Sequence[Commit], title: str | None = None) -> None:
     )
 
 
+def _snapshot_changes(snap: Snapshot) -> str:
+    if snap.changes is None:
+        return ""
+    return changes_text(snap.changes) or "no changes"
+
+
 def snapshots_table(snaps: Sequence[Snapshot], title: str | None = None) -> None:
     """Print snapshots."""
     table(
         title,
-        ["name", "commit", "seq", "created (UTC)", "creator", "tables", "description"],
+        ["name", "commit", "seq", "created (UTC)", "creator", "changes", "description"],
         [
             (
                 s.name,
@@ -87,7 +95,7 @@ def snapshots_table(snaps: Sequence[Snapshot], title: str | None = None) -> None
                 s.commit_seq,
                 when(s.created_at),
                 s.creator,
-                ", ".join(f"{t}@{v}" for t, v in sorted(s.table_versions.items())),
+                _snapshot_changes(s),
                 s.description,
             )
             for s in snaps

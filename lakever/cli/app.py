@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
+import polars as pl
 import typer
 
 import lakever as lv
@@ -174,6 +175,127 @@ def revert(
         o.emit_json(_commit_dict(commit))
     else:
         o.out.print(f"reverted {dataset} to {ref}: commit {commit.seq} ({o.counts_text(commit)})")
+
+
+def _show_diff(d: lv.Diff, *, table: str | None, rows: bool, limit: int, json_out: bool) -> None:
+    summary = d.summary()
+    if table is not None:
+        summary = summary.filter(pl.col("table") == table)
+    tables = [table] if table else d.tables
+    label_tables = [t for t in tables if t != "frames"]
+    classes = {t: d.class_changes(t) for t in label_tables}
+    changed: dict[str, pl.DataFrame] = {}
+    if rows:
+        for t in tables:
+            changed[t] = d.rows(t).head(limit)
+    a, b = d.commits
+    if json_out:
+        o.emit_json(
+            {
+                "from": {"dataset": d.a.dataset.name, "seq": a.seq, "commit_id": a.id},
+                "to": {"dataset": d.b.dataset.name, "seq": b.seq, "commit_id": b.id},
+                "summary": summary.to_dicts(),
+                "class_changes": {
+                    t: {"by_class": c.by_class.to_dicts(), "transitions": c.transitions.to_dicts()}
+                    for t, c in classes.items()
+                },
+                "rows": {t: df.to_dicts() for t, df in changed.items()},
+            }
+        )
+        return
+    o.out.print(f"changes from commit {a.seq} to commit {b.seq}", markup=False)
+    o.table(None, ["table", "added", "deleted", "modified"], summary.iter_rows())
+    for t, c in classes.items():
+        if not c.by_class.is_empty():
+            o.table(f"{t} by class", c.by_class.columns, c.by_class.iter_rows())
+        if not c.transitions.is_empty():
+            o.table(
+                f"{t} class changes", ["from", "to", "count"], c.transitions.head(limit).iter_rows()
+            )
+    for t, df in changed.items():
+        if df.is_empty():
+            continue
+        key = df.columns[0]
+        o.table(
+            f"{t} rows (first {limit})",
+            [key, "change", "changed columns"],
+            [(r[key], r["change"], ", ".join(r["changed"])) for r in df.iter_rows(named=True)],
+        )
+
+
+@app.command("diff")
+@_guard
+def diff_cmd(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    a: Annotated[str, typer.Argument(help="From: snapshot, commit id or seq, or ISO time.")],
+    b: Annotated[str | None, typer.Argument(help="To (default HEAD).")] = None,
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    table: Annotated[str | None, typer.Option(help="Only this table.")] = None,
+    rows: Annotated[bool, typer.Option("--rows", help="Also list the changed rows.")] = False,
+    limit: Annotated[int, typer.Option(help="At most N rows per table.")] = 20,
+) -> None:
+    """Show what changed between two versions: counts, class changes, rows."""
+    ds = lv.connect(uri).dataset(dataset)
+    _show_diff(ds.diff(a, b), table=table, rows=rows, limit=limit, json_out=json_out)
+
+
+@app.command()
+@_guard
+def status(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    snapshot: Annotated[str | None, typer.Option(help="Compare with this snapshot.")] = None,
+) -> None:
+    """Show the changes since the latest snapshot (or --snapshot), like git status."""
+    ds = lv.connect(uri).dataset(dataset)
+    d = ds.changes_since_snapshot(snapshot)
+    if not json_out:
+        name = snapshot or ds.list_snapshots()[-1].name
+        o.out.print(f"on commit {ds.head.seq}; since snapshot {name!r}:", markup=False)
+    _show_diff(d, table=None, rows=False, limit=20, json_out=json_out)
+
+
+@app.command()
+@_guard
+def history(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    frame_id: Annotated[
+        str | None, typer.Option(help="A frame: its versions and its labels'.")
+    ] = None,
+    label_id: Annotated[str | None, typer.Option(help="One label.")] = None,
+) -> None:
+    """Show every version of a frame (and its labels) or of a label."""
+    if (frame_id is None) == (label_id is None):
+        raise ValueError("give exactly one of --frame-id or --label-id")
+    h = lv.connect(uri).dataset(dataset).history(frame_id=frame_id, label_id=label_id)
+    if json_out:
+        o.emit_json(h.to_dicts())
+        return
+    o.table(
+        None,
+        ["seq", "time (UTC)", "author", "table", "key", "change", "changed", "after", "message"],
+        [
+            (
+                r["seq"],
+                o.when(r["created_at"]),
+                r["author"],
+                r["table"],
+                r["key"],
+                r["change"],
+                ", ".join(r["changed"]),
+                r["after"] or "",
+                r["message"],
+            )
+            for r in h.iter_rows(named=True)
+        ],
+    )
 
 
 def _parse_meta(items: list[str]) -> dict[str, Any]:

@@ -72,6 +72,7 @@ def run_quickstart(lake: lv.Lake, *, name: str, n_frames: int, json_out: bool) -
                 "labels": ds.scan("labels").select(pl.len()).collect().item(),
                 "log": [c.to_dict() for c in commits],
                 "snapshots": [s.to_dict() for s in snaps],
+                "diff": ds.diff(first.name, second.name).summary().to_dicts(),
             }
         )
         return
@@ -81,10 +82,20 @@ def run_quickstart(lake: lv.Lake, *, name: str, n_frames: int, json_out: bool) -
     )
     o.commits_table(commits, title="log")
     o.snapshots_table(snaps, title="snapshots")
+    d = ds.diff(first.name, second.name)
+    o.table(
+        f"diff {first.name} -> {second.name}",
+        ["table", "added", "deleted", "modified"],
+        d.summary().iter_rows(),
+    )
+    moves = d.class_changes().transitions.head(5)
+    o.table("most frequent class changes", ["from", "to", "count"], moves.iter_rows())
     uri, version = ds.at(first.name).delta_table("labels")
     o.out.print(
         "\nTry next:\n"
-        f"  lakever log {ds.name}\n"
+        f"  lakever diff {ds.name} {first.name} {second.name} --rows\n"
+        f"  lakever status {ds.name}\n"
+        f"  lakever history {ds.name} --label-id {relabeled['label_id'][0]}\n"
         f"  lakever snapshot show {ds.name} {second.name}\n"
         f"  lakever revert {ds.name} {first.name}\n"
         f"  python -c \"import lakever as lv; print(lv.connect('{lake.uri}')"
