@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
@@ -18,7 +19,9 @@ from lakever import _delta, sample
 RESULTS = Path(__file__).with_name("results")
 
 
-def median_time(fn: Callable[[], Any], *, repeat: int, setup: Callable[[], Any] | None = None) -> float:
+def median_time(
+    fn: Callable[[], Any], *, repeat: int, setup: Callable[[], Any] | None = None
+) -> float:
     """Median wall time of `fn` over `repeat` runs (setup untimed)."""
     times = []
     for _ in range(repeat):
@@ -35,10 +38,8 @@ def tree_bytes(path: str | Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 total += os.path.getsize(os.path.join(root, f))
-            except FileNotFoundError:
-                pass
     return total
 
 
@@ -49,7 +50,9 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def build_dataset(root: Path, name: str, n_labels: int) -> tuple[lv.Dataset, pl.DataFrame, pl.DataFrame]:
+def build_dataset(
+    root: Path, name: str, n_labels: int
+) -> tuple[lv.Dataset, pl.DataFrame, pl.DataFrame]:
     """A sample dataset of about `n_labels` labels (10 per frame), committed in one transaction."""
     n_frames = max(1, n_labels // 10)
     frames = sample.sample_frames(n_frames)
@@ -87,7 +90,9 @@ def fmt_b(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def markdown(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> str:
+def markdown(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()
+) -> str:
     lines = [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
     if notes:

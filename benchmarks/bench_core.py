@@ -69,8 +69,14 @@ def bench_snapshots(work: Path, sizes: list[int], repeat: int) -> tuple[str, dic
         )
     section = markdown(
         "Snapshot creation",
-        ["labels", "lakever median", "lakever bytes/snapshot", "copy median", "copy bytes",
-         "speed-up"],
+        [
+            "labels",
+            "lakever median",
+            "lakever bytes/snapshot",
+            "copy median",
+            "copy bytes",
+            "speed-up",
+        ],
         rows,
         [f"{repeat} lakever snapshots per size (goal: <= 50 ms and <= 64 KiB at every size)."],
     )
@@ -96,11 +102,16 @@ def bench_read(ds: lv.Dataset, repeat: int) -> str:
     a, b = statistics.median(t_ours), statistics.median(t_naive)
     return markdown(
         f"Reading a snapshot of {rows_n:,} labels into Polars",
-        ["lakever `ds.at(name).read('labels')`", "`pl.scan_delta(uri, version=v).collect()`",
-         "ratio"],
+        [
+            "lakever `ds.at(name).read('labels')`",
+            "`pl.scan_delta(uri, version=v).collect()`",
+            "ratio",
+        ],
         [(fmt_s(a), fmt_s(b), f"{a / b:.2f}x")],
-        [f"Median of {repeat}, interleaved; lakever's time includes opening the lake, "
-         "resolving the snapshot and loading the Delta log (goal: <= 1.2x)."],
+        [
+            f"Median of {repeat}, interleaved; lakever's time includes opening the lake, "
+            "resolving the snapshot and loading the Delta log (goal: <= 1.2x)."
+        ],
     )
 
 
@@ -126,8 +137,9 @@ def bench_edit(work: Path, ds: lv.Dataset, repeat: int) -> str:
     uri, _ = ds.delta_table("labels")
     # the naive table: the same rows written with delta-rs defaults
     naive_uri = str(fresh_dir(work / "naive-edit") / "labels")
-    write_deltalake(naive_uri, labels.to_arrow(),
-                    configuration={"delta.enableChangeDataFeed": "true"})
+    write_deltalake(
+        naive_uri, labels.to_arrow(), configuration={"delta.enableChangeDataFeed": "true"}
+    )
     ours_t, ours_b, naive_t, naive_b = [], [], [], []
     total = 0
     for i in range(repeat):
@@ -142,8 +154,9 @@ def bench_edit(work: Path, ds: lv.Dataset, repeat: int) -> str:
         v0 = dt.version()
         t = time.perf_counter()
         (
-            dt.merge(batch.to_arrow(), "t.label_id = s.label_id", source_alias="s",
-                     target_alias="t")
+            dt.merge(
+                batch.to_arrow(), "t.label_id = s.label_id", source_alias="s", target_alias="t"
+            )
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .execute()
@@ -152,20 +165,28 @@ def bench_edit(work: Path, ds: lv.Dataset, repeat: int) -> str:
         a = pl.DataFrame(DeltaTable(naive_uri, version=v0).get_add_actions(flatten=True))
         b = pl.DataFrame(DeltaTable(naive_uri).get_add_actions(flatten=True))
         naive_total = int(a["size_bytes"].sum())
-        naive_b.append(int(b.filter(~pl.col("path").is_in(a["path"].implode()))["size_bytes"].sum())
-                       / naive_total)
+        naive_b.append(
+            int(b.filter(~pl.col("path").is_in(a["path"].implode()))["size_bytes"].sum())
+            / naive_total
+        )
     ob = statistics.median(ours_b)
     return markdown(
         f"Upserting {len(batch):,} labels on a contiguous 1% of frames ({labels.height:,} labels)",
         ["", "median time", "bytes rewritten", "share of table bytes"],
         [
             ("lakever", fmt_s(statistics.median(ours_t)), fmt_b(ob), f"{ob / total:.1%}"),
-            ("delta-rs MERGE, default layout", fmt_s(statistics.median(naive_t)), "",
-             f"{statistics.median(naive_b):.1%}"),
+            (
+                "delta-rs MERGE, default layout",
+                fmt_s(statistics.median(naive_t)),
+                "",
+                f"{statistics.median(naive_b):.1%}",
+            ),
         ],
-        [f"Median of {repeat} edits of different frame ranges (goal: <= 2 s, <= 5% rewritten). "
-         f"Layout: rows sorted by frame_id, files of {_delta.TARGET_FILE_SIZE // 2**20} MiB, "
-         "merge restricted to the touched frame_id range."],
+        [
+            f"Median of {repeat} edits of different frame ranges (goal: <= 2 s, <= 5% rewritten). "
+            f"Layout: rows sorted by frame_id, files of {_delta.TARGET_FILE_SIZE // 2**20} MiB, "
+            "merge restricted to the touched frame_id range."
+        ],
     )
 
 
@@ -194,7 +215,10 @@ def bench_small_commits(work: Path, commits: int) -> str:
                 "label_id": [f"s{i:05d}-{k:03d}" for k in range(100)],
                 "frame_id": [fids[(i * 100 + k) % len(fids)] for k in range(100)],
                 "cls": [sample.CLASSES[k % 20] for k in range(100)],
-                "x": 1.0, "y": 2.0, "w": 3.0, "h": 4.0,
+                "x": 1.0,
+                "y": 2.0,
+                "w": 3.0,
+                "h": 4.0,
             }
         )
         t = time.perf_counter()
@@ -215,8 +239,10 @@ def bench_small_commits(work: Path, commits: int) -> str:
             ("read all labels at HEAD after commit 10", fmt_s(first[1])),
             (f"read all labels at HEAD after commit {commits}", fmt_s(last[1])),
         ],
-        ["Open HEAD = open the lake and dataset, resolve HEAD, load the labels table's Delta "
-         "log at HEAD's version (goals: median commit <= 150 ms; open ratio <= 2x)."],
+        [
+            "Open HEAD = open the lake and dataset, resolve HEAD, load the labels table's Delta "
+            "log at HEAD's version (goals: median commit <= 150 ms; open ratio <= 2x)."
+        ],
     )
 
 
@@ -226,8 +252,11 @@ def run(work: Path, *, sizes: list[int], repeat: int, commits: int) -> list[str]
     sections.append(snap_section)
     print(snap_section, flush=True)
     largest = built[max(built)]
-    for section in (bench_read(largest, 5), bench_edit(work, largest, 3),
-                    bench_small_commits(work, commits)):
+    for section in (
+        bench_read(largest, 5),
+        bench_edit(work, largest, 3),
+        bench_small_commits(work, commits),
+    ):
         print(section, flush=True)
         sections.append(section)
     return sections

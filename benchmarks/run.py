@@ -1,8 +1,8 @@
 """Run lakever's benchmarks and write a readable table to benchmarks/results/.
 
-    python benchmarks/run.py                 # full sizes (10M labels; needs ~10 GiB RAM, ~15 min)
-    python benchmarks/run.py --quick         # small sizes, a smoke run
-    python benchmarks/run.py --only core
+python benchmarks/run.py                 # full sizes (10M labels; needs ~10 GiB RAM, ~15 min)
+python benchmarks/run.py --quick         # small sizes, a smoke run
+python benchmarks/run.py --only core   # or --only diff
 """
 
 from __future__ import annotations
@@ -17,21 +17,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import deltalake  # noqa: E402
-import polars as pl  # noqa: E402
+import deltalake
+import polars as pl
 
-import lakever  # noqa: E402
-from benchmarks import bench_core  # noqa: E402
-from benchmarks._common import save  # noqa: E402
+import lakever
+from benchmarks import bench_core, bench_diff
+from benchmarks._common import save
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
-    parser.add_argument("--only", choices=["core"], action="append", help="run only these suites")
-    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    parser.add_argument(
+        "--only", choices=["core", "diff"], action="append", help="run only these suites"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)"
+    )
     args = parser.parse_args()
-    suites = args.only or ["core"]
+    suites = args.only or ["core", "diff"]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lakever-bench-"))
     header = (
         f"# lakever benchmarks ({'quick' if args.quick else 'full'})\n\n"
@@ -43,8 +49,23 @@ def main() -> int:
     for suite in suites:
         if suite == "core":
             sizes = [20_000, 100_000] if args.quick else [100_000, 1_000_000, 10_000_000]
-            sections = bench_core.run(work, sizes=sizes, repeat=10 if args.quick else 20,
-                                      commits=100 if args.quick else 1000)
+            sections = bench_core.run(
+                work,
+                sizes=sizes,
+                repeat=10 if args.quick else 20,
+                commits=100 if args.quick else 1000,
+            )
+        else:
+            sizes = [20_000, 100_000] if args.quick else [1_000_000, 10_000_000]
+            changes = (100, 1_000, 10_000) if args.quick else bench_diff.CHANGES
+            sections = bench_diff.run(
+                work,
+                sizes=sizes,
+                changes=changes,
+                repeat=3,
+                status_commits=20 if args.quick else 100,
+                history_commits=100 if args.quick else 1000,
+            )
         name = f"{suite}-quick" if args.quick else suite
         path = save(name, sections, header)
         print(f"wrote {path} ({time.perf_counter() - started:.0f} s)")

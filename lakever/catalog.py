@@ -200,7 +200,7 @@ class Lake:
             SnapshotsExistError: it has snapshots and `force` is False.
         """
         ds = self.dataset(name)
-        snaps = ds.list_snapshots()
+        snaps = ds.list_snapshots(changes=False)
         if snaps and not force:
             names = ", ".join(repr(s.name) for s in snaps[:5])
             raise SnapshotsExistError(

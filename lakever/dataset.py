@@ -522,19 +522,27 @@ class Dataset(TableReader):
         """
         return _history(self, frame_id=frame_id, label_id=label_id)
 
-    def _snapshot_changes(self, snaps: list[Snapshot]) -> list[Snapshot]:
-        """Attach to each snapshot its change counts against the snapshot before it."""
+    def _with_changes(self, snaps: list[Snapshot], only: str | None = None) -> list[Snapshot]:
+        """Attach change counts against the snapshot before each (or only to `only`)."""
         out = []
-        prev_commit = self._log.get(0)
-        prev_name: str | None = None
-        for s in snaps:
+        for i, s in enumerate(snaps):
+            if only is not None and s.name != only:
+                out.append(s)
+                continue
+            before = snaps[i - 1] if i else None
+            prev_commit = self._log.get(0) if before is None else self._snapshot_commit(before)
             commit = self._snapshot_commit(s)
             memo = (prev_commit.id, commit.id)
             if memo not in self._counts_memo:
                 d = Diff(View(self, prev_commit, prev_commit.seq), View(self, commit, s.name))
                 self._counts_memo[memo] = d.counts()
-            out.append(dataclasses.replace(s, previous=prev_name, changes=self._counts_memo[memo]))
-            prev_commit, prev_name = commit, s.name
+            out.append(
+                dataclasses.replace(
+                    s,
+                    previous=None if before is None else before.name,
+                    changes=self._counts_memo[memo],
+                )
+            )
         return out
 
     # -- snapshots ---------------------------------------------------------------------
@@ -569,9 +577,16 @@ class Dataset(TableReader):
             metadata=metadata or {},
         )
 
-    def list_snapshots(self) -> list[Snapshot]:
-        """Every snapshot, oldest first, with its change counts against the one before it."""
-        return self._snapshot_changes(self._tags.snapshots())
+    def list_snapshots(self, *, changes: bool = True) -> list[Snapshot]:
+        """Every snapshot, oldest first.
+
+        Args:
+            changes: attach each snapshot's change counts against the one before
+                it (computed from the change feed, so they stay right when a
+                snapshot in between is deleted). False skips that work.
+        """
+        snaps = self._tags.snapshots()
+        return self._with_changes(snaps) if changes else snaps
 
     def snapshots_frame(self) -> pl.DataFrame:
         """The tag table as a Polars DataFrame (what Spark or Polars jobs read)."""
@@ -580,7 +595,8 @@ class Dataset(TableReader):
     def snapshot(self, name: str) -> Snapshot:
         """The snapshot called `name`, with change counts; SnapshotNotFoundError if none."""
         self._tags.get(name)
-        return next(s for s in self.list_snapshots() if s.name == name)
+        snaps = self._with_changes(self._tags.snapshots(), only=name)
+        return next(s for s in snaps if s.name == name)
 
     def delete_snapshot(self, name: str) -> None:
         """Delete a snapshot (the data it pointed at stays in the history)."""

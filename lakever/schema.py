@@ -8,7 +8,6 @@ rows together in one `ValidationError`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -335,10 +334,3 @@ def _check_boxes(df: pl.DataFrame, check: _Checker, classes: Sequence[str], kind
         conf = df["confidence"]
         outside = ~conf.is_finite() | (conf < 0) | (conf > 1)
         check.rows(outside, "confidence", "confidence", conf, "confidence must lie in [0, 1]")
-
-
-def rows_equal(a: Any, b: Any) -> bool:
-    """Compare two cell values, treating NaN as equal to NaN."""
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return bool(a == b)

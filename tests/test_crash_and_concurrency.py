@@ -232,3 +232,23 @@ def test_live_claim_makes_writer_wait_then_conflict(
         sleeper.wait()
     ds.add_frames(frames(["mine"]))
     assert sorted(ds.read("frames")["frame_id"]) == ["mine"]
+
+
+@pytest.mark.slow
+def test_readers_never_see_half_a_commit(
+    lake: lv.Lake, lake_uri: tuple[str, dict[str, str]]
+) -> None:
+    """A reader polling HEAD while transactions span frames, labels and an inference set."""
+    _, options = lake_uri
+    ds = base_dataset(lake)
+    writer = spawn("crash", lake.uri, "shared", "rw", 12, options)
+    wait_ready(writer)
+    seen: set[int] = set()
+    while writer.poll() is None:
+        view = ds.at("HEAD")
+        check_consistent(view)  # all three tables from one commit, or it fails
+        seen.add(view.commit.seq)
+    _out, err = writer.communicate()
+    assert writer.returncode == 0, err[-2000:]
+    check_consistent(ds)
+    assert len(seen) >= 3  # the reader really watched commits land

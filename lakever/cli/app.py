@@ -162,7 +162,7 @@ def revert(
     ds = lv.connect(uri).dataset(dataset)
     if discard_newer_snapshots:
         target = ds.resolve(ref)
-        doomed = [s.name for s in ds.list_snapshots() if s.commit_seq > target.seq]
+        doomed = [s.name for s in ds.list_snapshots(changes=False) if s.commit_seq > target.seq]
         if doomed and not yes:
             o.err.print(
                 f"error: this would delete {len(doomed)} snapshot(s): {', '.join(doomed)}; "
@@ -254,7 +254,7 @@ def status(
     ds = lv.connect(uri).dataset(dataset)
     d = ds.changes_since_snapshot(snapshot)
     if not json_out:
-        name = snapshot or ds.list_snapshots()[-1].name
+        name = snapshot or ds.list_snapshots(changes=False)[-1].name
         o.out.print(f"on commit {ds.head.seq}; since snapshot {name!r}:", markup=False)
     _show_diff(d, table=None, rows=False, limit=20, json_out=json_out)
 
