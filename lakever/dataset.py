@@ -594,9 +594,10 @@ class Dataset(TableReader):
 
     def snapshot(self, name: str) -> Snapshot:
         """The snapshot called `name`, with change counts; SnapshotNotFoundError if none."""
-        self._tags.get(name)
-        snaps = self._with_changes(self._tags.snapshots(), only=name)
-        return next(s for s in snaps if s.name == name)
+        snaps = self._tags.snapshots()
+        if all(s.name != name for s in snaps):
+            raise self._tags.not_found(name)
+        return next(s for s in self._with_changes(snaps, only=name) if s.name == name)
 
     def delete_snapshot(self, name: str) -> None:
         """Delete a snapshot (the data it pointed at stays in the history)."""

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import polars as pl
 import pyarrow as pa
 
-from lakever.errors import RowError, ValidationError
+from lakever.errors import RowError, TableNotFoundError, ValidationError
 
 TableKind = Literal["frames", "labels", "inferences"]
 
@@ -74,7 +74,9 @@ def table_kind(table: str) -> TableKind:
         return "labels"
     if table.startswith(INFERENCES_PREFIX):
         return "inferences"
-    raise ValueError(f"unknown table {table!r}: use 'frames', 'labels' or 'inferences/<set name>'")
+    raise TableNotFoundError(
+        f"unknown table {table!r}: use 'frames', 'labels' or 'inferences/<set name>'"
+    )
 
 
 def core_columns(kind: TableKind) -> tuple[Column, ...]:

@@ -127,11 +127,15 @@ class TagTable:
         """The snapshot named `name`; SnapshotNotFoundError if there is none."""
         rows = self.frame().filter(pl.col("name") == name)
         if rows.is_empty():
-            raise SnapshotNotFoundError(
-                f"no snapshot named {name!r} in {self.location.uri}; "
-                "`lakever snapshot list` shows the existing ones"
-            )
+            raise self.not_found(name)
         return _from_row(rows.row(0, named=True))
+
+    def not_found(self, name: str) -> SnapshotNotFoundError:
+        """The error for a snapshot name that does not exist."""
+        return SnapshotNotFoundError(
+            f"no snapshot named {name!r} in {self.location.uri}; "
+            "`lakever snapshot list` shows the existing ones"
+        )
 
     def find(self, name: str) -> Snapshot | None:
         """The snapshot named `name`, or None."""
@@ -210,7 +214,7 @@ class TagTable:
             )
             missing = [n for n in names if n not in present]
             if missing:
-                raise SnapshotNotFoundError(f"no snapshot named {missing[0]!r}")
+                raise self.not_found(missing[0])
             predicate = " OR ".join(f"name = {_delta.sql_literal(n)}" for n in names)
             _delta.delete_rows(dt, predicate, {"lakever.snapshot_delete": ",".join(names)})
 

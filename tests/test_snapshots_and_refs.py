@@ -166,3 +166,10 @@ def test_tag_table_is_readable_without_lakever(ds: lv.Dataset) -> None:
     uri, version = versions["inferences/m"]
     assert pl.read_delta(uri, version=version, storage_options=opts).height == 2
     assert content_hash(ds.at("v2"))["labels"] == content_hash(ds)["labels"]
+
+
+def test_unknown_table_names_are_lookup_errors(ds: lv.Dataset) -> None:
+    with pytest.raises(lv.TableNotFoundError, match="'bogus'"):
+        ds.read("bogus")
+    with pytest.raises(lv.TableNotFoundError, match="inferences/none"):
+        ds.scan("inferences/none")
