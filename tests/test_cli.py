@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import lakever as lv
 from lakever.cli import app
-from tests.helpers import CLASSES, frames
+from tests.helpers import CLASSES, frames, labels
 
 runner = CliRunner()
 
@@ -122,3 +122,49 @@ def test_installed_entry_point_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "v2-relabel" in proc.stdout and "Try next" in proc.stdout
     assert (tmp_path / "lakever-data" / "datasets" / "traffic-demo").is_dir()
+
+
+def test_diff_status_and_history_commands(uri: str) -> None:
+    ds = lv.connect(uri).create_dataset("cams", classes=CLASSES)
+    ds.add_frames(frames(range(3)))
+    ds.upsert_labels(labels(["f00000", "f00001"]))
+    ds.create_snapshot("v1")
+    ds.upsert_labels(labels(["f00000"], cls="person"), message="relabel", author="qa")
+    ds.delete_labels(["f00001-l0"])
+    ds.create_snapshot("v2")
+    code, out, _ = run("diff", "cams", "v1", "v2", "--rows", "--json", "--uri", uri)
+    assert code == 0
+    data = json.loads(out)
+    assert {r["table"]: (r["added"], r["deleted"], r["modified"]) for r in data["summary"]} == {
+        "frames": (0, 0, 0),
+        "labels": (0, 1, 2),
+    }
+    assert data["class_changes"]["labels"]["transitions"] == [
+        {"from_cls": "car", "to_cls": "person", "count": 2}
+    ]
+    assert sorted(r["label_id"] for r in data["rows"]["labels"]) == [
+        "f00000-l0",
+        "f00000-l1",
+        "f00001-l0",
+    ]
+    code, out, _ = run(
+        "diff", "cams", "v1", "--table", "labels", "--rows", "--limit", "1", "--uri", uri
+    )
+    assert code == 0
+    assert "f00000-l0" in out
+    assert "f00001-l0" not in out  # --limit 1
+    ds.delete_labels(["f00001-l1"])
+    code, out, _ = run("status", "cams", "--json", "--uri", uri)
+    assert code == 0
+    labels_row = next(r for r in json.loads(out)["summary"] if r["table"] == "labels")
+    assert (labels_row["deleted"], labels_row["modified"]) == (1, 0)
+    code, out, _ = run("history", "cams", "--label-id", "f00000-l0", "--json", "--uri", uri)
+    assert code == 0
+    entries = json.loads(out)
+    assert [(e["seq"], e["change"], e["author"]) for e in entries] == [
+        (2, "added", "tester"),
+        (3, "modified", "qa"),
+    ]
+    code, _, err = run("history", "cams", "--uri", uri)
+    assert code == 1
+    assert "--frame-id" in err
