@@ -79,6 +79,13 @@ def remember(loc: Location, dt: DeltaTable) -> None:
             _cache.popitem(last=False)
 
 
+def forget(prefix: str) -> None:
+    """Drop cached table objects under a URI prefix (a deleted dataset may be recreated)."""
+    with _cache_lock:
+        for key in [k for k in _cache if k[0] == prefix or k[0].startswith(prefix + "/")]:
+            del _cache[key]
+
+
 def table_at(loc: Location, version: int) -> DeltaTable:
     """A shared, read-only table object at an exact version (cached: versions never change)."""
     key = (loc.uri, version)

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import polars as pl
 
+from lakever import _delta
 from lakever.commits import now_utc
 from lakever.dataset import Dataset, DatasetInfo, default_author
 from lakever.errors import (
@@ -208,6 +209,7 @@ class Lake:
                 "first or pass force=True to delete the dataset with its snapshots"
             )
         ds.root.remove_tree()
+        _delta.forget(ds.root.uri)
 
 
 def connect(

@@ -46,10 +46,14 @@ def test_delete_dataset_refuses_with_snapshots(lake: lv.Lake) -> None:
     with pytest.raises(lv.SnapshotsExistError, match="force=True"):
         lake.delete_dataset("gone")
     assert lake.dataset("gone").head.seq == 0
+    ds.add_frames(frames(range(3)))
     lake.delete_dataset("gone", force=True)
     with pytest.raises(lv.DatasetNotFoundError):
         lake.dataset("gone")
-    assert lake.create_dataset("gone", classes=["a"]).classes == ("a",)
+    again = lake.create_dataset("gone", classes=["a"])
+    assert again.classes == ("a",)
+    again.add_frames(frames(range(5, 6)))  # same name, same table versions as before
+    assert again.read("frames")["frame_id"].to_list() == ["f00005"]
 
 
 def test_connect_defaults(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
