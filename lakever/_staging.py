@@ -57,7 +57,7 @@ class Stage:
         self._puts: dict[str, pl.DataFrame] = {}
         self._deletes: dict[str, set[str]] = {}
         self._base: dict[str, pl.DataFrame] = {}
-        self._looked_up: dict[str, set[str]] = {}
+        self._looked_up: dict[str, pl.Series] = {}  # keys whose base rows are in _base
         self._restores: dict[str, int | None] = {}
         self._schemas: dict[str, dict[str, pl.DataType]] = {}
 
@@ -92,22 +92,25 @@ class Stage:
     def base_rows(self, table: str, keys: pl.Series) -> pl.DataFrame:
         """Base rows of the given keys (fetched once, then cached)."""
         key = key_column(table_kind(table))
-        seen = self._looked_up.setdefault(table, set())
-        needed = keys.filter(~keys.is_in(list(seen))) if seen else keys
+        seen = self._looked_up.get(table)
+        needed = keys if seen is None else keys.filter(~keys.is_in(seen.implode()))
         if not needed.is_empty():
-            found = self._scan_base(table, key, needed)
-            self._remember(table, found)
-            seen.update(needed.to_list())
+            self._remember(table, self._scan_base(table, key, needed), looked_up=needed)
         cached = self._base.get(table)
         if cached is None:
             return pl.DataFrame(schema=self.schema(table))
         return cached.filter(pl.col(key).is_in(keys.implode()))
 
-    def _remember(self, table: str, rows: pl.DataFrame) -> None:
+    def _remember(
+        self, table: str, rows: pl.DataFrame, *, looked_up: pl.Series | None = None
+    ) -> None:
+        """Cache base rows; `looked_up` keys are known to be absent if not among them."""
+        key = key_column(table_kind(table))
+        found = rows.get_column(key, default=None)
+        parts = [s for s in (self._looked_up.get(table), found, looked_up) if s is not None]
+        self._looked_up[table] = pl.concat([p.rename(key) for p in parts]).unique()
         if rows.is_empty():
             return
-        key = key_column(table_kind(table))
-        self._looked_up.setdefault(table, set()).update(rows[key].to_list())
         prev = self._base.get(table)
         if prev is None:
             self._base[table] = rows
@@ -117,13 +120,13 @@ class Stage:
 
     # -- current rows (base overlaid with staged changes) ----------------------
 
-    def _staged_keys(self, table: str) -> set[str]:
+    def _staged_keys(self, table: str) -> pl.Series:
         key = key_column(table_kind(table))
+        parts = [pl.Series(key, sorted(self._deletes.get(table, ())), dtype=pl.String)]
         puts = self._puts.get(table)
-        keys = set(self._deletes.get(table, set()))
         if puts is not None:
-            keys.update(puts[key].to_list())
-        return keys
+            parts.append(puts[key])
+        return pl.concat(parts)
 
     def current_by(self, table: str, column: str, values: pl.Series) -> pl.DataFrame:
         """Current rows of `table` whose `column` is one of `values`."""
@@ -136,18 +139,18 @@ class Stage:
             base = self._scan_base(table, column, values)
             self._remember(table, base)
         staged = self._staged_keys(table)
-        if staged:
-            base = base.filter(~pl.col(key).is_in(list(staged)))
+        if not staged.is_empty():
+            base = base.filter(~pl.col(key).is_in(staged.implode()))
         parts = [base]
         puts = self._puts.get(table)
         if puts is not None:
             parts.append(puts.filter(pl.col(column).is_in(values.implode())))
         return pl.concat(parts, how="diagonal_relaxed")
 
-    def existing_keys(self, table: str, keys: pl.Series) -> set[str]:
+    def existing_keys(self, table: str, keys: pl.Series) -> pl.Series:
         """Which of `keys` exist in the current state of `table`."""
         key = key_column(table_kind(table))
-        return set(self.current_by(table, key, keys)[key].to_list())
+        return self.current_by(table, key, keys)[key]
 
     # -- operations -------------------------------------------------------------
 
@@ -200,14 +203,16 @@ class Stage:
             prev = prev.filter(~pl.col(key).is_in(rows[key].implode()))
             rows = pl.concat([prev, rows], how="diagonal_relaxed")
         self._puts[table] = rows
-        if table in self._deletes:
-            self._deletes[table] -= set(rows[key].to_list())
+        deleted = self._deletes.get(table)
+        if deleted:  # a put revives keys deleted earlier in the same commit
+            revived = rows.filter(pl.col(key).is_in(list(deleted)))[key].to_list()
+            deleted.difference_update(revived)
 
     def delete(self, table: str, keys: Iterable[str], *, missing_ok: bool = False) -> set[str]:
         """Stage deletion of keys; return those that existed."""
         key = key_column(table_kind(table))
         wanted = pl.Series(key, list(dict.fromkeys(keys)), dtype=pl.String)
-        existing = self.existing_keys(table, wanted)
+        existing = set(self.existing_keys(table, wanted).to_list())
         missing = [k for k in wanted.to_list() if k not in existing]
         if missing and not missing_ok:
             raise RowNotFoundError(
@@ -225,7 +230,7 @@ class Stage:
         """Refuse rows whose frame does not exist in the current frames table."""
         frame_ids = rows["frame_id"].unique()
         present = self.existing_keys("frames", frame_ids)
-        bad = rows.filter(~pl.col("frame_id").is_in(list(present)))
+        bad = rows.filter(~pl.col("frame_id").is_in(present.implode()))
         if not bad.is_empty():
             key = key_column(table_kind(table))
             raise ValidationError(

@@ -155,17 +155,16 @@ class _Checker:
         self.table = table
         self.key = key
         self.errors: list[RowError] = []
-        self.keys: list[str | None] = (
-            [None if k is None else str(k) for k in df[key].to_list()]
-            if key in df.columns
-            else [None] * df.height
-        )
+        self._keys = df[key] if key in df.columns else None
 
     def rows(self, mask: pl.Series, rule: str, column: str, values: pl.Series, detail: str) -> None:
-        idx = mask.fill_null(False).arg_true().to_list()
-        vals = values.to_list()
-        for i in idx:
-            self.errors.append(RowError(rule, self.keys[i], column, vals[i], detail))
+        idx = mask.fill_null(False).arg_true()
+        if idx.is_empty():
+            return  # the common case: no Python objects made for a clean batch
+        keys = [None] * len(idx) if self._keys is None else self._keys.gather(idx).to_list()
+        for k, v in zip(keys, values.gather(idx).to_list(), strict=True):
+            key = None if k is None else str(k)
+            self.errors.append(RowError(rule, key, column, v, detail))
 
     def batch(self, rule: str, column: str | None, value: Any, detail: str) -> None:
         self.errors.append(RowError(rule, None, column, value, detail))
@@ -175,11 +174,15 @@ class _Checker:
             raise ValidationError(self.table, self.errors)
 
 
+def _no_rows(series: pl.Series) -> pl.Series:
+    return pl.repeat(False, len(series), dtype=pl.Boolean, eager=True)
+
+
 def _lossless_cast(series: pl.Series, target: pl.DataType) -> tuple[pl.Series, pl.Series]:
     """Cast a column; return (cast column, mask of rows the cast would change or drop)."""
     src = series.dtype
     if src == target:
-        return series, pl.Series([False] * len(series), dtype=pl.Boolean)
+        return series, _no_rows(series)
     if target == UTC_US and src == pl.String:
         out = series.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
         return out, series.is_not_null() & out.is_null()
@@ -189,9 +192,9 @@ def _lossless_cast(series: pl.Series, target: pl.DataType) -> tuple[pl.Series, p
             if src.time_zone is None
             else series.dt.convert_time_zone("UTC")
         )
-        return zoned.cast(target), pl.Series([False] * len(series), dtype=pl.Boolean)
+        return zoned.cast(target), _no_rows(series)
     if isinstance(src, pl.Null):
-        return series.cast(target), pl.Series([False] * len(series), dtype=pl.Boolean)
+        return series.cast(target), _no_rows(series)
     try:
         out = series.cast(target, strict=False)
     except Exception:

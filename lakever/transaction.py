@@ -175,7 +175,7 @@ class Transaction:
                     ],
                 )
             frame_series = pl.Series(frames, dtype=pl.String)
-            present = st.existing_keys(FRAMES, frame_series)
+            present = set(st.existing_keys(FRAMES, frame_series).to_list())
             missing = [f for f in frames if f not in present]
             if missing:
                 raise RowNotFoundError(
