@@ -106,9 +106,15 @@ def _claim_is_live(info: Mapping[str, Any], head: Commit) -> bool:
 class CommitRunner:
     """Runs the commit protocol for one dataset."""
 
-    def __init__(self, log_: CommitLog, table_location: Callable[[str], Location]) -> None:
+    def __init__(
+        self,
+        log_: CommitLog,
+        table_location: Callable[[str], Location],
+        initialize: Callable[[], Commit],
+    ) -> None:
         self._log = log_
         self._loc = table_location
+        self._initialize = initialize
 
     def run(
         self,
@@ -129,9 +135,8 @@ class CommitRunner:
         last_reason = ""
         while True:
             attempts += 1
-            head = self._log.head()
-            if head is None:
-                raise StorageError("the dataset has no commits; it was not created completely")
+            # No commit 0 yet: the dataset's creation was interrupted; finish it.
+            head = self._log.head() or self._initialize()
             stage = Stage(head, self._loc)
             for op in operations:
                 op(stage)

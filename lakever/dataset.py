@@ -117,7 +117,7 @@ class Dataset(TableReader):
         self.info = info
         self._log = CommitLog(root)
         self._tags = TagTable(root.child("snapshots"), self.table_location)
-        self._runner = CommitRunner(self._log, self.table_location)
+        self._runner = CommitRunner(self._log, self.table_location, self._initialize)
         self._counts_memo: dict[tuple[str, str], dict[str, ChangeCounts]] = {}
 
     def __repr__(self) -> str:
@@ -203,8 +203,8 @@ class Dataset(TableReader):
 
     def log(self, *, limit: int | None = None) -> list[Commit]:
         """Commits, newest first (at most `limit`)."""
-        self.head  # noqa: B018 - repairs a dataset whose creation was interrupted
-        return self._log.list(limit=limit)
+        commits = self._log.list(limit=limit)
+        return commits or [self._initialize()]
 
     def resolve(self, ref: Ref) -> Commit:
         """Turn a ref into a commit.
@@ -293,7 +293,6 @@ class Dataset(TableReader):
         author: str | None,
         operation: str,
     ) -> Commit:
-        self.head  # noqa: B018 - repairs a dataset whose creation was interrupted
         return self._runner.run(
             ops,
             message=message,

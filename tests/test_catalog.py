@@ -73,3 +73,25 @@ def test_secrets_are_not_shown(tmp_path) -> None:
     )
     assert "hunter2" not in repr(lake.root)
     assert "***" in repr(lake.root)
+
+
+@pytest.mark.parametrize("first_call", ["write", "log"])
+def test_interrupted_creation_is_finished_on_first_use(
+    local_lake: lv.Lake, first_call: str
+) -> None:
+    """A crash after dataset.json but before commit 0 leaves a dataset the next call completes."""
+    from lakever.commits import now_utc
+    from lakever.dataset import DatasetInfo
+
+    info = DatasetInfo("half", None, "", (), "tester", now_utc(), tuple(CLASSES))
+    assert local_lake.root.child("datasets", "half", "_lakever", "dataset.json").put_if_absent(
+        info.to_json()
+    )
+    ds = local_lake.dataset("half")
+    if first_call == "write":
+        assert ds.add_frames(frames(range(2))).seq == 1
+        assert [c.seq for c in ds.log()] == [1, 0]
+    else:
+        assert [(c.seq, c.operation) for c in ds.log()] == [(0, "create")]
+    assert ds.classes == tuple(CLASSES)
+    assert ds.list_snapshots() == []
