@@ -15,6 +15,7 @@ import polars as pl
 
 import lakever as lv
 from lakever import _delta, sample
+from lakever.storage import Location
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -64,18 +65,29 @@ def build_dataset(
     return ds, frames, labels
 
 
+def stream_batch(
+    tag: str, i: int, frame_ids: Sequence[str], n: int, *, classes: Sequence[str] = ("car",)
+) -> pl.DataFrame:
+    """The i-th small batch of a labeling stream: n new labels spread over the frames."""
+    return pl.DataFrame(
+        {
+            "label_id": [f"{tag}{i:05d}-{k:03d}" for k in range(n)],
+            "frame_id": [frame_ids[(i * n + k) % len(frame_ids)] for k in range(n)],
+            "cls": [classes[k % len(classes)] for k in range(n)],
+            "x": 1.0,
+            "y": 2.0,
+            "w": 3.0,
+            "h": 4.0,
+        }
+    )
+
+
 def version_bytes(uri: str, before: int, after: int) -> tuple[int, int]:
     """(bytes of data files added between two versions, bytes of the table at `before`)."""
-    a = pl.DataFrame(_delta.table_at(_delta_loc(uri), before).get_add_actions(flatten=True))
-    b = pl.DataFrame(_delta.table_at(_delta_loc(uri), after).get_add_actions(flatten=True))
+    a = pl.DataFrame(_delta.table_at(Location(uri), before).get_add_actions(flatten=True))
+    b = pl.DataFrame(_delta.table_at(Location(uri), after).get_add_actions(flatten=True))
     new = b.filter(~pl.col("path").is_in(a["path"].implode()))
     return int(new["size_bytes"].sum()), int(a["size_bytes"].sum())
-
-
-def _delta_loc(uri: str) -> Any:
-    from lakever.storage import Location
-
-    return Location(uri)
 
 
 def fmt_s(seconds: float) -> str:

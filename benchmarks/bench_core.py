@@ -25,6 +25,7 @@ from benchmarks._common import (
     fresh_dir,
     markdown,
     median_time,
+    stream_batch,
     tree_bytes,
     version_bytes,
 )
@@ -210,17 +211,7 @@ def bench_small_commits(work: Path, commits: int) -> str:
     latencies = []
     marks: dict[int, tuple[float, float]] = {}
     for i in range(commits):
-        batch = pl.DataFrame(
-            {
-                "label_id": [f"s{i:05d}-{k:03d}" for k in range(100)],
-                "frame_id": [fids[(i * 100 + k) % len(fids)] for k in range(100)],
-                "cls": [sample.CLASSES[k % 20] for k in range(100)],
-                "x": 1.0,
-                "y": 2.0,
-                "w": 3.0,
-                "h": 4.0,
-            }
-        )
+        batch = stream_batch("s", i, fids, 100, classes=sample.CLASSES)
         t = time.perf_counter()
         ds.upsert_labels(batch, message=f"stream {i}")
         latencies.append(time.perf_counter() - t)

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 import lakever as lv
-from benchmarks._common import build_dataset, fmt_s, fresh_dir, markdown
+from benchmarks._common import build_dataset, fmt_s, fresh_dir, markdown, stream_batch
 from lakever import _delta, sample
 
 CHANGES = (1_000, 10_000, 100_000)
@@ -144,20 +144,7 @@ def bench_status(ds: lv.Dataset, commits: int, repeat: int) -> str:
     snap = ds.list_snapshots()[-1].name
     fids = ds.scan("frames").select("frame_id").head(10_000).collect()["frame_id"].to_list()
     for i in range(commits):
-        ds.upsert_labels(
-            pl.DataFrame(
-                {
-                    "label_id": [f"st{i:04d}-{k:03d}" for k in range(100)],
-                    "frame_id": [fids[(i * 100 + k) % len(fids)] for k in range(100)],
-                    "cls": "car",
-                    "x": 1.0,
-                    "y": 2.0,
-                    "w": 3.0,
-                    "h": 4.0,
-                }
-            ),
-            message=f"stream {i}",
-        )
+        ds.upsert_labels(stream_batch("st", i, fids, 100), message=f"stream {i}")
     uri, va = ds.at(snap).delta_table("labels")
     _, vb = ds.delta_table("labels")
     ours = _timed(lambda: ds.changes_since_snapshot().summary(), repeat)
@@ -181,17 +168,7 @@ def bench_history(work: Path, commits: int, repeat: int) -> str:
     target = ds.read("labels")["label_id"][777]
     fids = frames["frame_id"].to_list()
     for i in range(commits):
-        batch = pl.DataFrame(
-            {
-                "label_id": [f"h{i:05d}-{k:02d}" for k in range(99)],
-                "frame_id": [fids[(i * 99 + k) % len(fids)] for k in range(99)],
-                "cls": "car",
-                "x": 1.0,
-                "y": 2.0,
-                "w": 3.0,
-                "h": 4.0,
-            }
-        )
+        batch = stream_batch("h", i, fids, 99)
         if i % 50 == 0:  # the label we trace is edited now and then
             batch = pl.concat(
                 [

@@ -131,8 +131,6 @@ class Stage:
     def current_by(self, table: str, column: str, values: pl.Series) -> pl.DataFrame:
         """Current rows of `table` whose `column` is one of `values`."""
         key = key_column(table_kind(table))
-        if self._restores.get(table, 0) is None:
-            return pl.DataFrame(schema=self.schema(table))
         if column == key:
             base = self.base_rows(table, values)
         else:

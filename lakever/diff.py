@@ -157,9 +157,7 @@ class Diff:
             reclass.group_by(cls="from_cls").agg(reclassified_from=pl.len()),
             reclass.group_by(cls="to_cls").agg(reclassified_to=pl.len()),
         ]
-        by_class = _empty_by_class().select("cls")
-        classes = pl.concat([p.select("cls") for p in parts]).unique()
-        by_class = classes
+        by_class = pl.concat([p.select("cls") for p in parts]).unique()
         for p in parts:
             by_class = by_class.join(p, on="cls", how="left")
         by_class = by_class.fill_null(0).sort("cls").select(_empty_by_class().columns)

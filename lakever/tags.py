@@ -14,7 +14,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -95,7 +95,7 @@ class Snapshot:
 class TagTable:
     """The snapshot table of one dataset."""
 
-    def __init__(self, location: Location, table_location: Any) -> None:
+    def __init__(self, location: Location, table_location: Callable[[str], Location]) -> None:
         self.location = location
         self._table_location = table_location
 

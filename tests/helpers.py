@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 
 import lakever as lv
+from lakever.schema import core_columns
 
 CLASSES = ["car", "person", "bike", "truck"]
 
@@ -67,6 +68,11 @@ class S3Server:
             "AWS_REGION": "us-east-1",
             "AWS_ALLOW_HTTP": "true",
         }
+
+
+def core_schema(kind: str) -> dict[str, pl.DataType]:
+    """The core columns of a table kind, as a Polars schema."""
+    return {c.name: c.dtype for c in core_columns(kind)}  # type: ignore[arg-type]
 
 
 def frames(ids: list[str] | range, *, prefix: str = "f", **cols: Any) -> pl.DataFrame:

@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 import lakever as lv
 from lakever import _changes
 from lakever.history import row_json
+from tests.helpers import core_schema
 
 CLASSES = ["car", "person", "bike"]
 FRAME_POOL = [f"f{i}" for i in range(6)]
 LABEL_POOL = [f"l{i}" for i in range(10)]
-FRAME_COLS = ["frame_id", "uri", "media_type", "width", "height", "group_id", "sequence",
-              "captured_at"]  # fmt: skip
-LABEL_COLS = ["label_id", "frame_id", "cls", "x", "y", "w", "h"]
+FRAME_COLS = list(core_schema("frames"))
+LABEL_COLS = list(core_schema("labels"))
 
 State = dict[str, dict[str, dict[str, Any]]]  # table -> key -> row
 _names = itertools.count()
@@ -52,34 +52,11 @@ def label_row(lid: str, fid: str, cls: str, x: float) -> dict[str, Any]:
 
 
 def frames_df(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame(
-        rows,
-        schema={
-            "frame_id": pl.String,
-            "uri": pl.String,
-            "media_type": pl.String,
-            "width": pl.Int32,
-            "height": pl.Int32,
-            "group_id": pl.String,
-            "sequence": pl.Int64,
-            "captured_at": pl.Datetime("us", "UTC"),
-        },
-    )
+    return pl.DataFrame(rows, schema=core_schema("frames"))
 
 
 def labels_df(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame(
-        rows,
-        schema={
-            "label_id": pl.String,
-            "frame_id": pl.String,
-            "cls": pl.String,
-            "x": pl.Float64,
-            "y": pl.Float64,
-            "w": pl.Float64,
-            "h": pl.Float64,
-        },
-    )
+    return pl.DataFrame(rows, schema=core_schema("labels"))
 
 
 def copy(state: State) -> State:

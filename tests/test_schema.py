@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import lakever as lv
 from lakever.schema import prepare_rows
+from tests.helpers import core_schema
 
 CLASSES = ("car", "person")
 
@@ -166,20 +167,6 @@ def test_validation_accepts_exactly_the_good_batches(rows: list[tuple]) -> None:
 
 
 def test_empty_batch_is_valid() -> None:
-    out = prepare_rows(
-        "labels",
-        pl.DataFrame(
-            schema={
-                "label_id": pl.String,
-                "frame_id": pl.String,
-                "cls": pl.String,
-                "x": pl.Float64,
-                "y": pl.Float64,
-                "w": pl.Float64,
-                "h": pl.Float64,
-            }
-        ),
-        classes=CLASSES,
-    )
+    out = prepare_rows("labels", pl.DataFrame(schema=core_schema("labels")), classes=CLASSES)
     assert out.height == 0
     assert out.columns == ["label_id", "frame_id", "cls", "x", "y", "w", "h"]

@@ -14,7 +14,6 @@ import typer
 import lakever as lv
 from lakever.cli import _output as o
 from lakever.cli.quickstart import run_quickstart
-from lakever.commits import Commit
 
 app = typer.Typer(
     help="Version computer-vision datasets stored as Delta Lake tables.",
@@ -51,10 +50,6 @@ def _guard(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _commit_dict(c: Commit) -> dict[str, Any]:
-    return c.to_dict()
 
 
 @app.command()
@@ -122,7 +117,7 @@ def create(
         project=project,
     )
     if json_out:
-        o.emit_json(_commit_dict(ds.head))
+        o.emit_json(ds.head.to_dict())
     else:
         o.out.print(f"created dataset {ds.name} with {len(ds.classes)} classes")
 
@@ -139,7 +134,7 @@ def log_cmd(
     """Show the commit log, newest first."""
     commits = lv.connect(uri).dataset(dataset).log(limit=limit)
     if json_out:
-        o.emit_json([_commit_dict(c) for c in commits])
+        o.emit_json([c.to_dict() for c in commits])
     else:
         o.commits_table(commits)
 
@@ -172,7 +167,7 @@ def revert(
             raise typer.Exit(1)
     commit = ds.revert(ref, discard_newer_snapshots=discard_newer_snapshots, message=message)
     if json_out:
-        o.emit_json(_commit_dict(commit))
+        o.emit_json(commit.to_dict())
     else:
         o.out.print(f"reverted {dataset} to {ref}: commit {commit.seq} ({o.counts_text(commit)})")
 
