@@ -11,7 +11,7 @@ Example:
 
 from lakever.catalog import Lake, connect
 from lakever.commits import ChangeCounts, Commit
-from lakever.dataset import Dataset, Ref
+from lakever.dataset import Dataset
 from lakever.diff import ClassChanges, Diff, diff
 from lakever.errors import (
     CommitNotFoundError,
@@ -19,8 +19,10 @@ from lakever.errors import (
     CorruptLakeError,
     DatasetExistsError,
     DatasetNotFoundError,
+    InvalidInputError,
     InvalidNameError,
     InvalidRefError,
+    LakeNotFoundError,
     LakeverError,
     ReadOnlyError,
     RowError,
@@ -31,7 +33,10 @@ from lakever.errors import (
     StorageError,
     TableNotFoundError,
     ValidationError,
+    VersionUnavailableError,
 )
+from lakever.refs import Ref
+from lakever.repair import RepairReport
 from lakever.tags import Snapshot
 from lakever.transaction import Transaction
 from lakever.view import View
@@ -49,12 +54,15 @@ __all__ = [
     "DatasetExistsError",
     "DatasetNotFoundError",
     "Diff",
+    "InvalidInputError",
     "InvalidNameError",
     "InvalidRefError",
     "Lake",
+    "LakeNotFoundError",
     "LakeverError",
     "ReadOnlyError",
     "Ref",
+    "RepairReport",
     "RowError",
     "RowNotFoundError",
     "Snapshot",
@@ -65,6 +73,7 @@ __all__ = [
     "TableNotFoundError",
     "Transaction",
     "ValidationError",
+    "VersionUnavailableError",
     "View",
     "__version__",
     "connect",

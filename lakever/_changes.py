@@ -136,8 +136,8 @@ def full_change(
     loc_a: Location, version_a: int | None, loc_b: Location, version_b: int | None, key: str
 ) -> pl.DataFrame:
     """Net changes between two table versions (of any tables) by reading both in full."""
-    a = None if version_a is None else _delta.scan(loc_a, version_a).collect()
-    b = None if version_b is None else _delta.scan(loc_b, version_b).collect()
+    a = None if version_a is None else _read(loc_a, version_a)
+    b = None if version_b is None else _read(loc_b, version_b)
     schema = _union_columns(
         {} if b is None else dict(b.schema), {} if a is None else dict(a.schema)
     )
@@ -147,6 +147,10 @@ def full_change(
     a = empty if a is None else _with_columns(a, schema)
     b = empty if b is None else _with_columns(b, schema)
     return _classify(key, a, b, list(schema))
+
+
+def _read(loc: Location, version: int) -> pl.DataFrame:
+    return _delta.collect(loc, version, _delta.scan(loc, version), table=loc.name)
 
 
 def table_change(

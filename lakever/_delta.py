@@ -13,18 +13,31 @@ tell a live writer's in-flight version from a crashed writer's orphan.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
-from lakever.errors import StorageError
+from lakever.errors import LakeverError, StorageError, VersionUnavailableError
 from lakever.storage import Location
+
+#: Files a snapshot may still need are never old enough for a VACUUM run from
+#: outside (Spark, delta-rs) with default settings: it lists nothing to delete,
+#: and a shorter retention is refused unless the caller disables the check.
+RETENTION = "interval 36500 days"
+
+#: Properties every lakever table carries; existing tables get any that are
+#: missing on their next write (see `ensure_properties`).
+GUARD_PROPERTIES: dict[str, str] = {
+    "delta.deletedFileRetentionDuration": RETENTION,
+    "delta.logRetentionDuration": RETENTION,
+}
 
 #: Table properties every lakever table is created with. CDF makes diffs and
 #: histories cost as much as the change; expired-log cleanup would make old
@@ -35,7 +48,15 @@ TABLE_CONFIGURATION: dict[str, str | None] = {
     # Loading a version replays the JSON commits since the last checkpoint; a
     # short interval keeps every load (and so every commit) cheap on S3.
     "delta.checkpointInterval": "10",
+    **GUARD_PROPERTIES,
 }
+
+#: Operations that change no rows. A version past HEAD made by one of these
+#: outside lakever (a scheduled OPTIMIZE or VACUUM) has HEAD's content, so a
+#: writer builds on it instead of rolling it back (whose files may be gone).
+ROW_PRESERVING_OPERATIONS = frozenset(
+    {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "ADD CONSTRAINT"}
+)
 
 #: Data files are kept near this size so an edit of a contiguous frame range
 #: rewrites a few small files instead of one huge one (see docs/ARCHITECTURE.md).
@@ -43,9 +64,6 @@ TARGET_FILE_SIZE = 4 * 1024 * 1024
 
 _WRITER = WriterProperties(compression="ZSTD")
 
-META_SEQ = "lakever.seq"
-META_WRITER = "lakever.writer"
-META_ATTEMPT = "lakever.attempt"
 META_RESTORED_TO = "lakever.restored_to"
 
 
@@ -57,24 +75,55 @@ def _props(claim: Mapping[str, str]) -> CommitProperties:
     return CommitProperties(custom_metadata=dict(claim), max_commit_retries=0)
 
 
+@contextlib.contextmanager
+def boundary(action: str, uri: str) -> Iterator[None]:
+    """Translate deltalake, pyarrow and OS errors into lakever's error tree.
+
+    A failed exact-version commit becomes `WriteConflict` (the protocol retries
+    it); everything else becomes a `StorageError` naming the table and the cause.
+    """
+    try:
+        yield
+    except (WriteConflict, LakeverError):
+        raise
+    except CommitFailedError as exc:
+        raise WriteConflict(str(exc)) from exc
+    except Exception as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = ""
+        if isinstance(exc, OSError) and exc.errno == 28:
+            hint = "; the disk is full"
+        elif isinstance(exc, PermissionError) or "permission denied" in text.lower():
+            hint = "; check permissions for this location"
+        raise StorageError(f"cannot {action} {uri}: {type(exc).__name__}: {text}{hint}") from exc
+
+
 _CACHE_SIZE = 256
-_cache: OrderedDict[tuple[str, int], DeltaTable] = OrderedDict()
+_CacheKey = tuple[str, int, str, str]
+_cache: OrderedDict[_CacheKey, DeltaTable] = OrderedDict()
+_available: set[_CacheKey] = set()  # versions whose data files were all seen present
 _cache_lock = threading.Lock()
+
+
+def _key(loc: Location, version: int) -> _CacheKey:
+    # The storage-option fingerprint keeps connections with different
+    # credentials apart; the scope keeps a re-created dataset apart from the
+    # deleted one that had the same table URIs and versions.
+    return (loc.uri, version, loc.fingerprint, loc.scope)
 
 
 def open_at(loc: Location, version: int) -> DeltaTable:
     """Load a fresh table object at an exact version (for writing on top of it)."""
-    try:
+    with boundary(f"load version {version} of", loc.uri):
         return DeltaTable(loc.uri, version=version, storage_options=loc.delta_options())
-    except (DeltaError, OSError) as exc:
-        raise StorageError(f"cannot load version {version} of {loc.uri}: {exc}") from exc
 
 
 def remember(loc: Location, dt: DeltaTable) -> None:
     """Cache a table object at its current version; it must never be changed again."""
+    key = _key(loc, dt.version())
     with _cache_lock:
-        _cache[(loc.uri, dt.version())] = dt
-        _cache.move_to_end((loc.uri, dt.version()))
+        _cache[key] = dt
+        _cache.move_to_end(key)
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
 
@@ -84,11 +133,14 @@ def forget(prefix: str) -> None:
     with _cache_lock:
         for key in [k for k in _cache if k[0] == prefix or k[0].startswith(prefix + "/")]:
             del _cache[key]
+        _available.difference_update(
+            k for k in list(_available) if k[0] == prefix or k[0].startswith(prefix + "/")
+        )
 
 
 def table_at(loc: Location, version: int) -> DeltaTable:
     """A shared, read-only table object at an exact version (cached: versions never change)."""
-    key = (loc.uri, version)
+    key = _key(loc, version)
     with _cache_lock:
         dt = _cache.get(key)
         if dt is not None:
@@ -102,41 +154,62 @@ def table_at(loc: Location, version: int) -> DeltaTable:
 def open_latest(loc: Location) -> DeltaTable | None:
     """Load the latest version of a table, or None if no table exists there."""
     try:
-        return DeltaTable(loc.uri, storage_options=loc.delta_options())
-    except TableNotFoundError:
-        return None
-    except (DeltaError, OSError) as exc:
-        raise StorageError(f"cannot open Delta table {loc.uri}: {exc}") from exc
+        with boundary("open Delta table", loc.uri):
+            return DeltaTable(loc.uri, storage_options=loc.delta_options())
+    except StorageError as exc:
+        if isinstance(exc.__cause__, TableNotFoundError):
+            return None
+        raise
 
 
 def create_table(loc: Location, schema: pa.Schema, claim: Mapping[str, str]) -> DeltaTable:
     """Create an empty table (version 0) with CDF on; WriteConflict if it appeared meanwhile."""
     try:
-        return DeltaTable.create(
-            loc.uri,
-            schema,
-            mode="error",
-            configuration=TABLE_CONFIGURATION,
-            storage_options=loc.delta_options(),
-            commit_properties=_props(claim),
-        )
-    except (CommitFailedError, FileExistsError) as exc:
-        raise WriteConflict(str(exc)) from exc
-    except DeltaError as exc:
-        if "already exists" in str(exc):
-            raise WriteConflict(str(exc)) from exc
-        raise StorageError(f"cannot create Delta table {loc.uri}: {exc}") from exc
+        with boundary("create Delta table", loc.uri):
+            return DeltaTable.create(
+                loc.uri,
+                schema,
+                mode="error",
+                configuration=TABLE_CONFIGURATION,
+                storage_options=loc.delta_options(),
+                commit_properties=_props(claim),
+            )
+    except StorageError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, FileExistsError) or "already exists" in str(cause):
+            raise WriteConflict(str(cause)) from cause
+        raise
+
+
+def ensure_properties(dt: DeltaTable, claim: Mapping[str, str]) -> None:
+    """Give a table created by an older lakever the guard properties it lacks.
+
+    Runs inside the caller's commit, as the next exact version: setting table
+    properties changes no rows and writes no change-feed rows.
+    """
+    config = dt.metadata().configuration
+    missing = {k: v for k, v in GUARD_PROPERTIES.items() if config.get(k) != v}
+    if not missing:
+        return
+    with boundary("set table properties of", dt.table_uri):
+        dt.alter.set_table_properties(missing, commit_properties=_props(claim))
 
 
 def last_commit_info(dt: DeltaTable) -> dict[str, Any]:
     """The commitInfo of the table's loaded version (custom metadata included)."""
-    history = dt.history(1)
-    return history[0] if history else {}
+    infos = commit_infos(dt, 1)
+    return infos[0] if infos else {}
+
+
+def commit_infos(dt: DeltaTable, count: int) -> list[dict[str, Any]]:
+    """The commitInfo of the loaded version and the `count - 1` before it, newest first."""
+    with boundary("read the history of", dt.table_uri):
+        return list(dt.history(count))
 
 
 def append(dt: DeltaTable, rows: pl.DataFrame, claim: Mapping[str, str]) -> int:
     """Append rows as the next version; return that version."""
-    try:
+    with boundary("append to", dt.table_uri):
         write_deltalake(
             dt,
             rows.to_arrow(),
@@ -146,8 +219,20 @@ def append(dt: DeltaTable, rows: pl.DataFrame, claim: Mapping[str, str]) -> int:
             writer_properties=_WRITER,
             commit_properties=_props(claim),
         )
-    except CommitFailedError as exc:
-        raise WriteConflict(str(exc)) from exc
+    return dt.version()
+
+
+def overwrite(dt: DeltaTable, rows: pl.DataFrame, claim: Mapping[str, str]) -> int:
+    """Replace the whole content of the table with `rows` as the next version."""
+    with boundary("overwrite", dt.table_uri):
+        write_deltalake(
+            dt,
+            rows.to_arrow(),
+            mode="overwrite",
+            target_file_size=TARGET_FILE_SIZE,
+            writer_properties=_WRITER,
+            commit_properties=_props(claim),
+        )
     return dt.version()
 
 
@@ -166,17 +251,15 @@ def maybe_compact(dt: DeltaTable, claim: Mapping[str, str]) -> int:
     """
     if dt.version() % COMPACT_EVERY != 0:
         return dt.version()
-    sizes = pl.DataFrame(dt.get_add_actions(flatten=True)).get_column("size_bytes")
-    if int((sizes < TARGET_FILE_SIZE // 2).sum()) < COMPACT_MIN_SMALL_FILES:
-        return dt.version()
-    try:
+    with boundary("compact", dt.table_uri):
+        sizes = pl.DataFrame(dt.get_add_actions(flatten=True)).get_column("size_bytes")
+        if int((sizes < TARGET_FILE_SIZE // 2).sum()) < COMPACT_MIN_SMALL_FILES:
+            return dt.version()
         dt.optimize.compact(
             target_size=TARGET_FILE_SIZE,
             writer_properties=_WRITER,
             commit_properties=_props({**claim, "lakever.compaction": "true"}),
         )
-    except CommitFailedError as exc:
-        raise WriteConflict(str(exc)) from exc
     return dt.version()
 
 
@@ -206,7 +289,7 @@ def merge(
     predicate = f"t.{key} = s.{key}"
     if skip_predicate:
         predicate = f"{predicate} AND {skip_predicate}"
-    try:
+    with boundary("merge into", dt.table_uri):
         (
             dt.merge(
                 source.to_arrow(),
@@ -222,45 +305,128 @@ def merge(
             .when_not_matched_insert_all(predicate=f"s.{op_column} = 'i'", except_cols=[op_column])
             .execute()
         )
-    except CommitFailedError as exc:
-        raise WriteConflict(str(exc)) from exc
     return dt.version()
 
 
 def delete_rows(dt: DeltaTable, predicate: str, claim: Mapping[str, str]) -> int:
     """Delete the rows matching a SQL predicate as the next version; return it."""
-    try:
+    with boundary("delete rows of", dt.table_uri):
         dt.delete(predicate, writer_properties=_WRITER, commit_properties=_props(claim))
-    except CommitFailedError as exc:
-        raise WriteConflict(str(exc)) from exc
     return dt.version()
 
 
 def restore(dt: DeltaTable, version: int, claim: Mapping[str, str]) -> int:
     """Write the next version with the content of `version`; return the new version."""
     meta = {**claim, META_RESTORED_TO: str(version)}
-    try:
+    with boundary(f"restore version {version} of", dt.table_uri):
         dt.restore(version, commit_properties=_props(meta))
-    except CommitFailedError as exc:
-        raise WriteConflict(str(exc)) from exc
     return dt.version()
 
 
 def scan(loc: Location, version: int) -> pl.LazyFrame:
     """A lazy Polars scan of the table at an exact version."""
-    return pl.scan_delta(table_at(loc, version))
+    dt = table_at(loc, version)
+    with boundary(f"scan version {version} of", loc.uri):
+        return pl.scan_delta(dt)
+
+
+def collect(loc: Location, version: int, frame: pl.LazyFrame, *, table: str) -> pl.DataFrame:
+    """Run a lazy query on a table version; missing files give `VersionUnavailableError`."""
+    try:
+        with boundary(f"read version {version} of", loc.uri):
+            return frame.collect()
+    except StorageError:
+        require_available(loc, version, table=table)
+        raise
 
 
 def read_cdf(loc: Location, start: int, end: int, *, predicate: str | None = None) -> pl.DataFrame:
     """Change Data Feed rows of versions `start`..`end` (inclusive) as Polars."""
     dt = table_at(loc, end)
-    reader = dt.load_cdf(starting_version=start, ending_version=end, predicate=predicate)
-    return pl.DataFrame(reader)
+    with boundary(f"read the change feed {start}..{end} of", loc.uri):
+        reader = dt.load_cdf(starting_version=start, ending_version=end, predicate=predicate)
+        return pl.DataFrame(reader)
 
 
 def schema_at(loc: Location, version: int) -> dict[str, pl.DataType]:
     """Column name -> Polars type of the table at `version`."""
-    return dict(scan(loc, version).collect_schema())
+    lazy = scan(loc, version)
+    with boundary(f"read the schema of version {version} of", loc.uri):
+        return dict(lazy.collect_schema())
+
+
+# -- files gone from under a version ----------------------------------------------
+
+
+def data_files(loc: Location, version: int) -> pl.DataFrame:
+    """The data files a version reads: path (relative to the table), size_bytes, num_records."""
+    dt = table_at(loc, version)
+    with boundary(f"list the files of version {version} of", loc.uri):
+        actions = pl.DataFrame(dt.get_add_actions(flatten=True))
+    if actions.is_empty():
+        return pl.DataFrame(
+            schema={"path": pl.String, "size_bytes": pl.Int64, "num_records": pl.Int64}
+        )
+    records = (
+        actions.get_column("num_records")
+        if "num_records" in actions.columns
+        else pl.Series("num_records", [None] * actions.height, dtype=pl.Int64)
+    )
+    return pl.DataFrame(
+        {
+            "path": actions.get_column("path").cast(pl.String),
+            "size_bytes": actions.get_column("size_bytes").cast(pl.Int64),
+            "num_records": records.cast(pl.Int64),
+        }
+    )
+
+
+def missing_files(loc: Location, version: int) -> list[str]:
+    """Data files of a version that no longer exist (deleted by an outside VACUUM, say)."""
+    paths = data_files(loc, version).get_column("path").to_list()
+    by_dir: dict[str, list[str]] = {}
+    for path in paths:
+        folder, _, name = str(path).rpartition("/")
+        by_dir.setdefault(folder, []).append(name)
+    missing: list[str] = []
+    for folder, names in sorted(by_dir.items()):
+        present = (loc.child(*folder.split("/")) if folder else loc).list_files()
+        missing += [f"{folder}/{n}" if folder else n for n in names if n not in present]
+    return sorted(missing)
+
+
+def require_available(loc: Location, version: int, *, table: str) -> None:
+    """Raise `VersionUnavailableError` if any data file of the version is gone.
+
+    The answer is remembered per process once every file was seen, so a
+    version is listed at most once; a read that later fails checks again.
+    """
+    key = _key(loc, version)
+    missing = missing_files(loc, version)
+    if not missing:
+        with _cache_lock:
+            _available.add(key)
+        return
+    with _cache_lock:
+        _available.discard(key)
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    raise VersionUnavailableError(
+        f"version {version} of table {table!r} ({loc.uri}) cannot be read: {len(missing)} "
+        f"of its data files are gone ({shown}), deleted outside lakever (a VACUUM with "
+        "the retention check disabled, or by hand). `lakever repair` reports what is "
+        "lost and makes HEAD writable again",
+        table=table,
+        version=version,
+        missing=missing,
+    )
+
+
+def check_available_once(loc: Location, version: int, *, table: str) -> None:
+    """`require_available`, skipped when this process already saw every file of the version."""
+    with _cache_lock:
+        if _key(loc, version) in _available:
+            return
+    require_available(loc, version, table=table)
 
 
 def sql_literal(value: str) -> str:

@@ -15,13 +15,9 @@ One dataset commit runs as follows (docs/ARCHITECTURE.md has the why):
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import os
 import random
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -31,7 +27,7 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable
 
-from lakever import _delta
+from lakever import _claims, _delta
 from lakever._staging import OP_COLUMN, Stage, TableChange
 from lakever.commits import ChangeCounts, Commit, CommitLog, now_utc
 from lakever.errors import ConflictError, StorageError
@@ -40,14 +36,8 @@ from lakever.storage import Location
 
 log = logging.getLogger("lakever")
 
-#: Seconds after which a claim from another host counts as abandoned.
-CLAIM_TIMEOUT_ENV = "LAKEVER_CLAIM_TIMEOUT"
 #: Seconds a writer keeps retrying before it raises ConflictError.
 COMMIT_TIMEOUT_ENV = "LAKEVER_COMMIT_TIMEOUT"
-
-_HOST = socket.gethostname()
-_ACTIVE: set[str] = set()  # attempt ids of this process still in flight
-_ACTIVE_LOCK = threading.Lock()
 
 Operation = Callable[[Stage], None]
 
@@ -56,65 +46,37 @@ class _Busy(Exception):
     """A live writer holds a claim on a table we need."""
 
 
-@dataclass(frozen=True)
-class _Written:
+@dataclass
+class _Started:
+    """A table this attempt began writing: where, and the version to undo back to."""
+
     table: str
     location: Location
     base: int
-    version: int
-
-
-def _env_seconds(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _claim_is_live(info: Mapping[str, Any], head: Commit) -> bool:
-    """Whether a table version past HEAD may still be published by its writer."""
-    try:
-        seq = int(info.get(_delta.META_SEQ, -1))
-    except ValueError:
-        return False
-    if seq <= head.seq:
-        return False  # its writer aimed at a seq that is already taken
-    if seq > head.seq + 1:
-        return True  # our HEAD is stale; re-read before judging
-    host, _, rest = str(info.get(_delta.META_WRITER, "")).partition(":")
-    pid_text, _, attempt = rest.partition(":")
-    if host == _HOST and pid_text.isdigit():
-        pid = int(pid_text)
-        if pid == os.getpid():
-            with _ACTIVE_LOCK:
-                return attempt in _ACTIVE
-        return _pid_alive(pid)
-    stamp = float(info.get("timestamp", 0)) / 1000.0
-    return time.time() - stamp < _env_seconds(CLAIM_TIMEOUT_ENV, 60.0)
 
 
 class CommitRunner:
-    """Runs the commit protocol for one dataset."""
+    """Runs the commit protocol for one dataset.
+
+    Args:
+        log_: the dataset's commit log.
+        table_location: table name -> its location.
+        head: returns HEAD, raising if the dataset no longer exists.
+        confirm: called after a publish; raises if the dataset was deleted
+            meanwhile (the commit is then withdrawn, never acknowledged).
+    """
 
     def __init__(
         self,
         log_: CommitLog,
         table_location: Callable[[str], Location],
-        initialize: Callable[[], Commit],
+        head: Callable[[], Commit],
+        confirm: Callable[[Commit], None],
     ) -> None:
         self._log = log_
         self._loc = table_location
-        self._initialize = initialize
+        self._head = head
+        self._confirm = confirm
 
     def run(
         self,
@@ -127,65 +89,65 @@ class CommitRunner:
     ) -> Commit:
         """Replay `operations` on HEAD and publish them as one commit; retry on conflict.
 
+        Whatever is raised on the way (a storage error, a full disk,
+        KeyboardInterrupt), this attempt's own table versions are rolled back
+        before the exception leaves, and its claim is released, so other
+        writers never wait on it.
+
         Returns the new commit, or HEAD unchanged when the operations change nothing.
         """
-        deadline = time.monotonic() + _env_seconds(COMMIT_TIMEOUT_ENV, 300.0)
+        deadline = time.monotonic() + _claims.env_seconds(COMMIT_TIMEOUT_ENV, 300.0)
         delay = 0.01
         attempts = 0
         last_reason = ""
         while True:
             attempts += 1
-            # No commit 0 yet: the dataset's creation was interrupted; finish it.
-            head = self._log.head() or self._initialize()
-            stage = Stage(head, self._loc)
+            head = self._head()
+            stage = Stage(head, self._loc, self._log.get)
             for op in operations:
                 op(stage)
             changes = stage.changes(functools.partial(_count, count_restore, head))
             new_classes = stage.classes
             if not changes and new_classes == head.classes and stage.pins == dict(head.pins):
                 return head
-            attempt = uuid.uuid4().hex[:12]
-            claim = {
-                _delta.META_SEQ: str(head.seq + 1),
-                _delta.META_WRITER: f"{_HOST}:{os.getpid()}:{attempt}",
-                _delta.META_ATTEMPT: attempt,
-            }
-            with _ACTIVE_LOCK:
-                _ACTIVE.add(attempt)
-            written: list[_Written] = []
-            try:
-                versions = dict(head.table_versions)
-                for change in changes:
-                    if change.drop:
-                        versions.pop(change.table, None)
-                        continue
-                    w = self._write(change, head, claim)
-                    written.append(w)
-                    versions[change.table] = w.version
-                commit = Commit(
-                    id=uuid.uuid4().hex,
-                    seq=head.seq + 1,
-                    parent=head.id,
-                    created_at=max(now_utc(), head.created_at),
-                    author=author,
-                    message=message,
-                    operation=operation,
-                    table_versions=versions,
-                    counts={c.table: c.counts for c in changes},
-                    classes=new_classes,
-                    pins=stage.pins,
-                )
-                if self._log.publish(commit):
-                    return commit
-                last_reason = f"commit seq {head.seq + 1} was published by another writer"
-            except _Busy as exc:
-                last_reason = str(exc)
-            except _delta.WriteConflict as exc:
-                last_reason = f"a concurrent writer took the next table version ({exc})"
-            finally:
-                with _ACTIVE_LOCK:
-                    _ACTIVE.discard(attempt)
-            self._undo(written, head, claim)
+            with _claims.Attempt(head.seq + 1) as attempt:
+                started: list[_Started] = []
+                published = False
+                try:
+                    versions = dict(head.table_versions)
+                    for change in changes:
+                        if change.drop:
+                            versions.pop(change.table, None)
+                            continue
+                        versions[change.table] = self._write(change, head, attempt, started)
+                    commit = Commit(
+                        id=_new_id(),
+                        seq=head.seq + 1,
+                        parent=head.id,
+                        created_at=max(now_utc(), head.created_at),
+                        author=author,
+                        message=message,
+                        operation=operation,
+                        table_versions=versions,
+                        counts={c.table: c.counts for c in changes},
+                        classes=new_classes,
+                        pins=stage.pins,
+                        dataset_id=head.dataset_id,
+                    )
+                    published = self._log.publish(commit)
+                    if published:
+                        self._confirm(commit)
+                        return commit
+                    last_reason = f"commit seq {head.seq + 1} was published by another writer"
+                except _Busy as exc:
+                    last_reason = str(exc)
+                except _delta.WriteConflict as exc:
+                    last_reason = f"a concurrent writer took the next table version ({exc})"
+                except BaseException:
+                    if not published:
+                        self._undo(started, attempt)
+                    raise
+                self._undo(started, attempt)
             if time.monotonic() > deadline:
                 raise ConflictError(
                     f"gave up after {attempts} attempts: {last_reason}. Nothing was "
@@ -194,17 +156,56 @@ class CommitRunner:
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 1.6, 0.5)
 
+    def publish_tombstone(self, *, author: str) -> Commit | None:
+        """Publish a commit that marks the dataset deleted (idempotent).
+
+        It takes the next seq with put-if-absent like any commit, so a writer
+        racing the deletion either published first (its commit is part of the
+        dataset that is then deleted) or loses the seq and finds the dataset gone.
+        """
+        delay = 0.01
+        deadline = time.monotonic() + _claims.env_seconds(COMMIT_TIMEOUT_ENV, 300.0)
+        while True:
+            head = self._log.head()
+            if head is None or head.operation == DELETE_OPERATION:
+                return head  # no commit yet (an interrupted creation), or marked already
+            tomb = Commit(
+                id=_new_id(),
+                seq=head.seq + 1,
+                parent=head.id,
+                created_at=max(now_utc(), head.created_at),
+                author=author,
+                message="delete dataset",
+                operation=DELETE_OPERATION,
+                table_versions=dict(head.table_versions),
+                classes=head.classes,
+                pins=dict(head.pins),
+                dataset_id=head.dataset_id,
+            )
+            if self._log.publish(tomb):
+                return tomb
+            if time.monotonic() > deadline:
+                raise ConflictError(
+                    "could not mark the dataset deleted: other writers kept committing; "
+                    "retry the deletion"
+                )
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 1.6, 0.5)
+
     # -- one table ----------------------------------------------------------------
 
     def _prepare(
-        self, table: str, head: Commit, claim: Mapping[str, str]
+        self, table: str, head: Commit, claim: Mapping[str, str], *, replacing: bool
     ) -> tuple[DeltaTable, int]:
-        """Load `table` at a version whose content equals HEAD's; return it and that base.
+        """Load `table` where this commit may write on it; return it and the undo version.
 
+        The table's latest version must have the content HEAD records (or, when
+        `replacing` its content wholesale, at least belong to no live writer).
         A table HEAD does not record has base version 0: lakever creates every
         table empty at version 0 before it writes rows. Versions past the base
-        are a live writer's claim (raise `_Busy`) or orphans, which are
-        neutralised with a restore to the base.
+        are either row-preserving maintenance from outside (OPTIMIZE, VACUUM:
+        built upon), a live writer's claim (raise `_Busy`), or orphans, which
+        are neutralised with a restore to the base.
         """
         loc = self._loc(table)
         recorded = head.table_versions.get(table)
@@ -225,18 +226,21 @@ class CommitRunner:
                 f"table {loc.uri} is at version {latest}, behind the {base} that commit "
                 f"{head.seq} records: the lake was modified outside lakever"
             )
-        info = _delta.last_commit_info(dt)
-        if info.get(_delta.META_RESTORED_TO) == str(base):
-            # Content already equals HEAD's (orphans were neutralised). Writing on
-            # top is safe even if its writer is alive: exact-version writes mean
-            # at most one of us gets the next version.
-            return dt, base
-        if _claim_is_live(info, head):
+        relevant = _newest_row_changing(_delta.commit_infos(dt, latest - base))
+        if relevant is None or relevant.get(_delta.META_RESTORED_TO) == str(base):
+            # Content already equals HEAD's: orphans were neutralised, or only
+            # maintenance ran since. Writing on top is safe even if a neutraliser
+            # is alive: exact-version writes let at most one of us take the next.
+            return dt, latest
+        if _claims.is_live(relevant, head.seq):
             raise _Busy(
                 f"table {table!r} version {latest} is being written by "
-                f"{info.get(_delta.META_WRITER, '?')} for commit {info.get(_delta.META_SEQ)}"
+                f"{relevant.get(_claims.META_WRITER, '?')} for commit "
+                f"{relevant.get(_claims.META_SEQ)}"
             )
-        if _delta.META_SEQ not in info:
+        if replacing:
+            return dt, latest
+        if _claims.META_SEQ not in relevant:
             log.warning(
                 "table %s has version %s written outside lakever; it is not part of "
                 "any commit and is being rolled back to version %s",
@@ -244,27 +248,43 @@ class CommitRunner:
                 latest,
                 base,
             )
+        # Never restore onto a version whose files are gone: that would make
+        # the table unreadable for every later reader. Repair handles it.
+        _delta.require_available(loc, base, table=table)
         _delta.restore(dt, base, claim)
         return dt, base
 
-    def _write(self, change: TableChange, head: Commit, claim: Mapping[str, str]) -> _Written:
+    def _write(
+        self,
+        change: TableChange,
+        head: Commit,
+        attempt: _claims.Attempt,
+        started: list[_Started],
+    ) -> int:
         loc = self._loc(change.table)
+        claim = attempt.claim
         recorded = head.table_versions.get(change.table)
         if recorded is not None:
             # Fast path: write straight on HEAD's version. If anything lies past
             # it, the exact-version write fails and the careful path takes over.
+            entry = _Started(change.table, loc, recorded)
+            started.append(entry)
             try:
                 dt = _delta.open_at(loc, recorded)
-                return _Written(change.table, loc, recorded, self._apply(dt, change, claim, loc))
+                return self._apply(dt, change, claim, loc)
             except _delta.WriteConflict:
-                pass
-        dt, base = self._prepare(change.table, head, claim)
-        return _Written(change.table, loc, base, self._apply(dt, change, claim, loc))
+                started.remove(entry)
+        dt, base = self._prepare(change.table, head, claim, replacing=change.replace is not None)
+        started.append(_Started(change.table, loc, base))
+        return self._apply(dt, change, claim, loc)
 
     def _apply(
         self, dt: DeltaTable, change: TableChange, claim: Mapping[str, str], loc: Location
     ) -> int:
-        if change.restore_to is not None:
+        _delta.ensure_properties(dt, claim)
+        if change.replace is not None:
+            version = _delta.overwrite(dt, change.replace, claim)
+        elif change.restore_to is not None:
             version = _delta.restore(dt, change.restore_to, claim)
         elif change.updates.is_empty() and change.deletes.is_empty():
             version = _delta.append(dt, _cluster(change.inserts), claim)
@@ -281,15 +301,49 @@ class CommitRunner:
         _delta.remember(loc, dt)
         return version
 
-    def _undo(self, written: list[_Written], head: Commit, claim: Mapping[str, str]) -> None:
-        """Neutralise our own unpublished table versions so others need not wait."""
-        for w in written:
-            dt = _delta.open_latest(w.location)
-            if dt is None or dt.version() != w.version:
-                continue  # someone already wrote past it; they handled it
-            # If this fails, the next writer neutralises it instead.
-            with contextlib.suppress(_delta.WriteConflict, StorageError, OSError):
-                _delta.restore(dt, w.base, claim)
+    def _undo(self, started: list[_Started], attempt: _claims.Attempt) -> None:
+        """Neutralise this attempt's own unpublished table versions so others need not wait.
+
+        Only a latest version that this attempt wrote is rolled back; if anyone
+        wrote past it, they have judged it already. Failures here are logged,
+        not raised: the claim is released right after, which makes whatever is
+        left an orphan that the next writer neutralises.
+        """
+        for entry in started:
+            try:
+                dt = _delta.open_latest(entry.location)
+                if dt is None or dt.version() <= entry.base:
+                    continue
+                info = _delta.last_commit_info(dt)
+                if info.get(_claims.META_ATTEMPT) != attempt.id:
+                    continue
+                if info.get(_delta.META_RESTORED_TO) == str(entry.base):
+                    continue
+                _delta.restore(dt, entry.base, attempt.claim)
+            except Exception as exc:
+                log.warning(
+                    "could not roll back the unpublished version of %s (%s); the next writer will",
+                    entry.location.uri,
+                    exc,
+                )
+
+
+#: The operation of the commit that marks a dataset deleted.
+DELETE_OPERATION = "delete"
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _newest_row_changing(infos: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest commit info (of those given, newest first) that may have changed rows."""
+    for info in infos:
+        outside = _claims.META_SEQ not in info and _delta.META_RESTORED_TO not in info
+        if outside and info.get("operation") in _delta.ROW_PRESERVING_OPERATIONS:
+            continue
+        return info
+    return None
 
 
 def _count(

@@ -36,12 +36,13 @@ class TableChange:
     touched_base: pl.DataFrame  # base rows of every touched key
     restore_to: int | None = None  # revert: make the table equal this version
     drop: bool = False  # revert: the table does not exist at the target
+    replace: pl.DataFrame | None = None  # repair: the table's whole new content
     counts: ChangeCounts = field(default_factory=ChangeCounts)
 
     @property
     def is_empty(self) -> bool:
         """Whether the change leaves the table as it was."""
-        if self.drop or self.restore_to is not None:
+        if self.drop or self.restore_to is not None or self.replace is not None:
             return False
         return self.inserts.is_empty() and self.updates.is_empty() and self.deletes.is_empty()
 
@@ -49,8 +50,14 @@ class TableChange:
 class Stage:
     """Rows put and deleted per table on top of one base commit."""
 
-    def __init__(self, head: Commit, table_location: Callable[[str], Location]) -> None:
+    def __init__(
+        self,
+        head: Commit,
+        table_location: Callable[[str], Location],
+        commit_at: Callable[[int], Commit] | None = None,
+    ) -> None:
         self.head = head
+        self._commit_at = commit_at
         self.classes: tuple[str, ...] = head.classes
         self.pins: dict[str, int] = dict(head.pins)
         self._loc = table_location
@@ -59,6 +66,7 @@ class Stage:
         self._base: dict[str, pl.DataFrame] = {}
         self._looked_up: dict[str, pl.Series] = {}  # keys whose base rows are in _base
         self._restores: dict[str, int | None] = {}
+        self._replaces: dict[str, tuple[pl.DataFrame, ChangeCounts]] = {}
         self._schemas: dict[str, dict[str, pl.DataType]] = {}
 
     # -- the base version ------------------------------------------------------
@@ -83,11 +91,9 @@ class Stage:
         v = self.base_version(table)
         if v is None or values.is_empty():
             return pl.DataFrame(schema=self.schema(table))
-        return (
-            _delta.scan(self._loc(table), v)
-            .filter(pl.col(column).is_in(values.unique().implode()))
-            .collect()
-        )
+        loc = self._loc(table)
+        query = _delta.scan(loc, v).filter(pl.col(column).is_in(values.unique().implode()))
+        return _delta.collect(loc, v, query, table=table)
 
     def base_rows(self, table: str, keys: pl.Series) -> pl.DataFrame:
         """Base rows of the given keys (fetched once, then cached)."""
@@ -224,17 +230,35 @@ class Stage:
         self._deletes.setdefault(table, set()).update(existing)
         return existing
 
-    def require_frames(self, table: str, rows: pl.DataFrame) -> None:
-        """Refuse rows whose frame does not exist in the current frames table."""
+    def require_frames(self, table: str, rows: pl.DataFrame, *, at_seq: int | None = None) -> None:
+        """Refuse rows whose frame does not exist.
+
+        Args:
+            table: the table the rows are for (for messages).
+            rows: rows with a frame_id column.
+            at_seq: check against the frames of this earlier commit instead of
+                the state this commit lands on (inference sets: their pin).
+        """
         frame_ids = rows["frame_id"].unique()
-        present = self.existing_keys("frames", frame_ids)
+        where = "in the frames table"
+        if at_seq is None or at_seq > self.head.seq or self._commit_at is None:
+            present = self.existing_keys("frames", frame_ids)
+        else:
+            commit = self._commit_at(at_seq)
+            loc = self._loc("frames")
+            version = commit.table_versions["frames"]
+            query = _delta.scan(loc, version).filter(pl.col("frame_id").is_in(frame_ids.implode()))
+            present = _delta.collect(loc, version, query, table="frames")["frame_id"]
+            where = f"at commit {at_seq}, the version this inference set is pinned to"
         bad = rows.filter(~pl.col("frame_id").is_in(present.implode()))
         if not bad.is_empty():
             key = key_column(table_kind(table))
             raise ValidationError(
                 table,
                 [
-                    RowError("missing_frame", k, "frame_id", f, "no frame with this frame_id")
+                    RowError(
+                        "missing_frame", k, "frame_id", f, f"no frame with this frame_id {where}"
+                    )
                     for k, f in zip(bad[key].to_list(), bad["frame_id"].to_list(), strict=True)
                 ],
             )
@@ -243,11 +267,16 @@ class Stage:
         """Make `table` equal its content at `version` (None: the table is dropped)."""
         self._restores[table] = version
 
+    def replace_table(self, table: str, rows: pl.DataFrame, counts: ChangeCounts) -> None:
+        """Make `rows` the whole content of `table` (repair), with the given counts."""
+        self._replaces[table] = (rows, counts)
+
     # -- the result -------------------------------------------------------------
 
     def touched_tables(self) -> list[str]:
         """Tables this stage changes, sorted (the order claims are taken in)."""
-        return sorted(set(self._puts) | set(self._deletes) | set(self._restores))
+        touched = set(self._puts) | set(self._deletes) | set(self._restores) | set(self._replaces)
+        return sorted(touched)
 
     def changes(
         self, count_restore: Callable[[str, int | None], ChangeCounts]
@@ -256,6 +285,13 @@ class Stage:
         out = []
         for table in self.touched_tables():
             key = key_column(table_kind(table))
+            if table in self._replaces:
+                rows, counts = self._replaces[table]
+                empty = pl.DataFrame()
+                out.append(
+                    TableChange(table, key, empty, empty, empty, empty, replace=rows, counts=counts)
+                )
+                continue
             if table in self._restores:
                 target = self._restores[table]
                 empty = pl.DataFrame()
@@ -270,11 +306,23 @@ class Stage:
                     drop=target is None,
                     counts=count_restore(table, target),
                 )
-                if change.counts.total or target != self.base_version(table):
+                if self._restore_changes_something(table, target, change.counts):
                     out.append(change)
                 continue
             out.append(self._net_change(table, key))
         return [c for c in out if not c.is_empty]
+
+    def _restore_changes_something(
+        self, table: str, target: int | None, counts: ChangeCounts
+    ) -> bool:
+        """Whether restoring `table` to `target` differs from the base at all."""
+        base = self.base_version(table)
+        if target == base:
+            return False
+        if counts.total or target is None or base is None:
+            return True  # rows differ, or the table appears or disappears
+        loc = self._loc(table)
+        return _delta.schema_at(loc, target) != _delta.schema_at(loc, base)
 
     def _net_change(self, table: str, key: str) -> TableChange:
         schema = self.schema(table)

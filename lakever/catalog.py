@@ -7,33 +7,78 @@ creating the same name cannot both succeed.
 
 from __future__ import annotations
 
-import fnmatch
+import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime
 
 import polars as pl
 
 from lakever import _delta
-from lakever.commits import now_utc
-from lakever.dataset import Dataset, DatasetInfo, default_author
+from lakever._protocol import DELETE_OPERATION
+from lakever.commits import aware
+from lakever.dataset import Dataset
 from lakever.errors import (
     CorruptLakeError,
     DatasetExistsError,
     DatasetNotFoundError,
+    LakeNotFoundError,
     SnapshotsExistError,
 )
+from lakever.info import DatasetInfo, default_author
 from lakever.names import check_dataset_name
 from lakever.schema import normalize_classes
 from lakever.storage import Location, resolve_uri
 
+log = logging.getLogger("lakever")
+
 DATASETS_DIR = "datasets"
 
+_LISTING_SCHEMA: dict[str, pl.DataType] = {
+    "name": pl.String(),
+    "project": pl.String(),
+    "description": pl.String(),
+    "tags": pl.List(pl.String()),
+    "creator": pl.String(),
+    "created_at": pl.Datetime("us", "UTC"),
+    "edited_at": pl.Datetime("us", "UTC"),
+    "head_seq": pl.Int64(),
+    "classes": pl.Int64(),
+}
 
-def _aware(when: datetime | None) -> datetime | None:
-    if when is None or when.tzinfo is not None:
-        return when
-    return when.replace(tzinfo=timezone.utc)
+
+@dataclass(frozen=True)
+class _Entry:
+    """One entry of `datasets/`: a dataset, or something else and why."""
+
+    name: str
+    dataset: Dataset | None
+    head_seq: int | None
+    edited_at: datetime | None
+    reason: str
+
+
+def like_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a name pattern: SQL LIKE (``%``, ``_``; backslash escapes) or a glob (``*``, ``?``).
+
+    A pattern with no wildcard matches names that contain it.
+    """
+    if not any(ch in pattern for ch in "%_*?"):
+        return re.compile(".*" + re.escape(pattern) + ".*", re.DOTALL)
+    out = []
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            out.append(re.escape(next(chars, "\\")))
+        elif ch in "%*":
+            out.append(".*")
+        elif ch in "_?":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.DOTALL)
 
 
 class Lake:
@@ -58,14 +103,22 @@ class Lake:
     def _dataset_root(self, name: str) -> Location:
         return self.root.child(DATASETS_DIR, check_dataset_name(name))
 
+    def _require_lake(self) -> None:
+        if not self.root.root_exists():
+            what = "folder" if self.root.is_local else "bucket"
+            raise LakeNotFoundError(
+                f"no lake at {self.uri}: the {what} does not exist. Check the URI (or "
+                "$LAKEVER_URI); a lake is made by creating its first dataset"
+            )
+
     def _info(self, name: str) -> DatasetInfo:
         path = self._dataset_root(name).child("_lakever", "dataset.json")
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            known = self._names()
+        data = path.read_or_none()
+        if data is None:
+            self._require_lake()
+            known = [e.name for e in self._entries() if e.dataset is not None]
             hint = f"; datasets here: {', '.join(known[:10])}" if known else "; the lake is empty"
-            raise DatasetNotFoundError(f"no dataset named {name!r} in {self.uri}{hint}") from None
+            raise DatasetNotFoundError(f"no dataset named {name!r} in {self.uri}{hint}")
         try:
             return DatasetInfo.from_json(data)
         except (ValueError, KeyError) as exc:
@@ -73,6 +126,35 @@ class Lake:
 
     def _names(self) -> list[str]:
         return self.root.child(DATASETS_DIR).list_names()
+
+    def _entries(self) -> list[_Entry]:
+        """Every entry of `datasets/`, each either a dataset or the reason it is not one."""
+        out = []
+        for name in self._names():
+            try:
+                root = self._dataset_root(name)
+            except ValueError:
+                out.append(_Entry(name, None, None, None, "not a dataset name"))
+                continue
+            data = root.child("_lakever", "dataset.json").read_or_none()
+            if data is None:
+                reason = "no _lakever/dataset.json: not a dataset, or a deletion was interrupted"
+                out.append(_Entry(name, None, None, None, reason))
+                continue
+            try:
+                ds = Dataset(root, DatasetInfo.from_json(data))
+                head = ds._log.head()
+            except (ValueError, KeyError, CorruptLakeError, DatasetNotFoundError) as exc:
+                out.append(_Entry(name, None, None, None, f"unreadable metadata: {exc}"))
+                continue
+            if head is None:
+                reason = "no first commit: its creation is under way or was interrupted"
+                out.append(_Entry(name, None, None, None, reason))
+            elif head.operation == DELETE_OPERATION:
+                out.append(_Entry(name, None, None, None, "being deleted"))
+            else:
+                out.append(_Entry(name, ds, head.seq, head.created_at, ""))
+        return out
 
     def create_dataset(
         self,
@@ -93,31 +175,42 @@ class Lake:
             description: free text.
             tags: free-form tags for finding it later.
             project: the project it belongs to.
-            exist_ok: return the existing dataset instead of raising.
+            exist_ok: return the existing dataset instead of raising (and finish
+                its creation if that was interrupted).
             creator: recorded creator (default: $LAKEVER_AUTHOR or the OS user).
 
         Raises:
-            DatasetExistsError: the name is taken and `exist_ok` is False.
+            DatasetExistsError: the name is taken and `exist_ok` is False, or an
+                interrupted deletion left files under it (delete it again first).
         """
         root = self._dataset_root(name)
-        info = DatasetInfo(
-            name=name,
+        info = DatasetInfo.new(
+            name,
             project=project,
             description=description,
             tags=tuple(tags),
             creator=creator or default_author(),
-            created_at=now_utc(),
             classes=normalize_classes(classes),
         )
-        if not root.child("_lakever", "dataset.json").put_if_absent(info.to_json()):
+        marker = root.child("_lakever", "dataset.json")
+        if marker.read_or_none() is None and root.list_names():
+            raise DatasetExistsError(
+                f"files of a dataset named {name!r} are left in {root.uri} by a deletion that "
+                f"did not finish; run lake.delete_dataset({name!r}) (or `lakever delete {name} "
+                "--yes`) to finish it, then create the dataset again"
+            )
+        if not marker.put_if_absent(info.to_json()):
             if exist_ok:
-                return self.dataset(name)
+                ds = self.dataset(name)
+                if ds._log.head() is None:
+                    ds._initialize()  # another creator's, or an interrupted one: finish it
+                return ds
             raise DatasetExistsError(
                 f"a dataset named {name!r} already exists in {self.uri}; open it with "
                 "lake.dataset(name) or pass exist_ok=True"
             )
         ds = Dataset(root, info)
-        ds.head  # noqa: B018 - creates the tables and commit 0
+        ds._initialize()
         return ds
 
     def dataset(self, name: str) -> Dataset:
@@ -136,37 +229,40 @@ class Lake:
     ) -> pl.DataFrame:
         """List datasets, one row each, filtered by every condition given.
 
+        Entries of `datasets/` that are not datasets (stray files, a creation
+        or deletion under way or interrupted) are skipped; `invalid_entries`
+        lists them. Listing never writes, so read-only credentials suffice.
+
         Args:
-            name_like: a glob ('traffic-*') or, without wildcards, a substring.
+            name_like: SQL LIKE pattern ('Validation%', 'cam__'), or a glob
+                ('traffic-*'); without wildcards, a substring.
             project: exact project.
             tag: datasets carrying this tag.
-            created_after: created at or after this time.
+            created_after: created at or after this time (naive: local time).
             created_before: created before this time.
             edited_after: last commit at or after this time.
+
+        Raises:
+            LakeNotFoundError: the lake's folder or bucket does not exist.
         """
-        created_after, created_before = _aware(created_after), _aware(created_before)
-        edited_after = _aware(edited_after)
+        self._require_lake()
+        pattern = None if name_like is None else like_pattern(name_like)
         rows = []
-        for name in self._names():
-            if name_like:
-                pattern = name_like if any(ch in name_like for ch in "*?[") else f"*{name_like}*"
-                if not fnmatch.fnmatchcase(name, pattern):
-                    continue
-            try:
-                ds = self.dataset(name)
-            except (DatasetNotFoundError, CorruptLakeError):
-                continue  # a creation or deletion in progress
+        for entry in self._entries():
+            ds = entry.dataset
+            if ds is None or entry.edited_at is None:
+                log.info("skipping %s in %s: %s", entry.name, self.uri, entry.reason)
+                continue
             info = ds.info
-            if project is not None and info.project != project:
-                continue
-            if tag is not None and tag not in info.tags:
-                continue
-            if created_after is not None and info.created_at < created_after:
-                continue
-            if created_before is not None and info.created_at >= created_before:
-                continue
-            head = ds.head
-            if edited_after is not None and head.created_at < edited_after:
+            checks = (
+                pattern is None or pattern.fullmatch(info.name) is not None,
+                project is None or info.project == project,
+                tag is None or tag in info.tags,
+                created_after is None or info.created_at >= aware(created_after),
+                created_before is None or info.created_at < aware(created_before),
+                edited_after is None or entry.edited_at >= aware(edited_after),
+            )
+            if not all(checks):
                 continue
             rows.append(
                 {
@@ -176,40 +272,56 @@ class Lake:
                     "tags": list(info.tags),
                     "creator": info.creator,
                     "created_at": info.created_at,
-                    "edited_at": head.created_at,
-                    "head_seq": head.seq,
-                    "classes": len(head.classes),
+                    "edited_at": entry.edited_at,
+                    "head_seq": entry.head_seq,
+                    "classes": len(ds._log.get(entry.head_seq or 0).classes),
                 }
             )
-        columns: dict[str, pl.DataType] = {
-            "name": pl.String(),
-            "project": pl.String(),
-            "description": pl.String(),
-            "tags": pl.List(pl.String()),
-            "creator": pl.String(),
-            "created_at": pl.Datetime("us", "UTC"),
-            "edited_at": pl.Datetime("us", "UTC"),
-            "head_seq": pl.Int64(),
-            "classes": pl.Int64(),
-        }
-        return pl.DataFrame(rows, schema=columns)
+        return pl.DataFrame(rows, schema=_LISTING_SCHEMA)
+
+    def invalid_entries(self) -> pl.DataFrame:
+        """Entries of `datasets/` that are not (or no longer, or not yet) datasets, and why."""
+        self._require_lake()
+        rows = [{"name": e.name, "reason": e.reason} for e in self._entries() if e.dataset is None]
+        return pl.DataFrame(rows, schema={"name": pl.String(), "reason": pl.String()})
 
     def delete_dataset(self, name: str, *, force: bool = False) -> None:
         """Delete a dataset and all its data.
 
+        Crash-safe and resumable: the deletion first publishes a commit that
+        marks the dataset deleted (a writer racing it either committed before
+        or is refused), then removes ``dataset.json``, then everything else.
+        Killed at any point, calling it again finishes the job, and the name
+        can then be created afresh.
+
         Raises:
             SnapshotsExistError: it has snapshots and `force` is False.
+            DatasetNotFoundError: there is no dataset (and nothing left) of that name.
         """
-        ds = self.dataset(name)
-        snaps = ds.list_snapshots(changes=False)
-        if snaps and not force:
-            names = ", ".join(repr(s.name) for s in snaps[:5])
-            raise SnapshotsExistError(
-                f"dataset {name!r} has {len(snaps)} snapshot(s) ({names}); delete them "
-                "first or pass force=True to delete the dataset with its snapshots"
-            )
-        ds.root.remove_tree()
-        _delta.forget(ds.root.uri)
+        root = self._dataset_root(name)
+        marker = root.child("_lakever", "dataset.json")
+        data = marker.read_or_none()
+        if data is None:
+            if root.list_names():  # what an interrupted deletion left behind
+                root.remove_tree()
+                _delta.forget(root.uri)
+                return
+            self._info(name)  # raises the usual not-found error
+        assert data is not None
+        ds = Dataset(root, DatasetInfo.from_json(data))
+        head = ds._log.head()
+        if head is not None and head.operation != DELETE_OPERATION:
+            snaps = ds._tags.snapshots()
+            if snaps and not force:
+                names = ", ".join(repr(s.name) for s in snaps[:5])
+                raise SnapshotsExistError(
+                    f"dataset {name!r} has {len(snaps)} snapshot(s) ({names}); delete them "
+                    "first or pass force=True to delete the dataset with its snapshots"
+                )
+            ds._runner.publish_tombstone(author=default_author())
+        marker.remove()
+        root.remove_tree()
+        _delta.forget(root.uri)
 
 
 def connect(

@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from lakever.errors import CommitNotFoundError, CorruptLakeError, InvalidRefError
+from lakever.errors import (
+    CommitNotFoundError,
+    CorruptLakeError,
+    DatasetNotFoundError,
+    InvalidRefError,
+)
 from lakever.storage import Location
 
 FORMAT_VERSION = 1
@@ -61,6 +66,8 @@ class Commit:
         counts: per-table rows added, modified and deleted.
         classes: the class map in force after this commit.
         pins: inference set -> seq of the dataset commit it was made against.
+        dataset_id: id of the dataset incarnation the commit belongs to (None
+            for datasets made before lakever recorded it).
     """
 
     id: str
@@ -74,6 +81,7 @@ class Commit:
     counts: Mapping[str, ChangeCounts] = field(default_factory=dict)
     classes: tuple[str, ...] = ()
     pins: Mapping[str, int] = field(default_factory=dict)
+    dataset_id: str | None = None
 
     @property
     def tables(self) -> list[str]:
@@ -96,6 +104,7 @@ class Commit:
             "counts": {t: c.to_dict() for t, c in self.counts.items()},
             "classes": list(self.classes),
             "pins": dict(self.pins),
+            "dataset_id": self.dataset_id,
         }
 
     @classmethod
@@ -113,6 +122,7 @@ class Commit:
             counts={t: ChangeCounts(**c) for t, c in data.get("counts", {}).items()},
             classes=tuple(data.get("classes", ())),
             pins={k: int(v) for k, v in data.get("pins", {}).items()},
+            dataset_id=data.get("dataset_id"),
         )
 
 
@@ -121,13 +131,28 @@ def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class CommitLog:
-    """Reads and publishes the commit records of one dataset."""
+def aware(when: datetime) -> datetime:
+    """A timezone-aware time: a naive one is taken as local time, Python's convention."""
+    return when if when.tzinfo is not None else when.astimezone()
 
-    def __init__(self, root: Location) -> None:
+
+class CommitLog:
+    """Reads and publishes the commit records of one dataset.
+
+    Args:
+        root: the dataset's root.
+        dataset_id: the id of the dataset incarnation this log belongs to; a
+            record with another id means the dataset was deleted and created
+            again under the same name, and this handle must not read it.
+        name: the dataset's name, for messages.
+    """
+
+    def __init__(self, root: Location, *, dataset_id: str | None = None, name: str = "") -> None:
         self._dir = root.child("_lakever", "commits")
         self._hint = root.child("_lakever", "HEAD")
         self._cache: dict[int, Commit] = {}
+        self._dataset_id = dataset_id
+        self._name = name
 
     def _record(self, seq: int) -> Location:
         return self._dir.child(f"{seq:0{_SEQ_WIDTH}d}.json")
@@ -139,6 +164,11 @@ class CommitLog:
             raise CorruptLakeError(
                 f"commit record {self._record(seq).uri} is unreadable: {exc}"
             ) from exc
+        if commit.dataset_id != self._dataset_id:
+            raise DatasetNotFoundError(
+                f"dataset {self._name!r} was deleted (and created again) since this handle "
+                f"was opened; open it again with lake.dataset({self._name!r})"
+            )
         self._cache[seq] = commit
         return commit
 
@@ -146,26 +176,37 @@ class CommitLog:
         """Return commit number `seq`; CommitNotFoundError if there is none."""
         if seq in self._cache:
             return self._cache[seq]
-        try:
-            data = self._record(seq).read_bytes()
-        except FileNotFoundError:
-            raise CommitNotFoundError(f"no commit with seq {seq} in {self._dir.uri}") from None
-        return self._parse(seq, data)
+        commit = self._fetch(seq)
+        if commit is None:
+            raise CommitNotFoundError(f"no commit with seq {seq} in {self._dir.uri}")
+        return commit
 
-    def _exists(self, seq: int) -> bool:
-        return seq in self._cache or self._record(seq).exists()
+    def _fetch(self, seq: int) -> Commit | None:
+        """Read record `seq` from storage, never from the cache; None if there is none."""
+        data = self._record(seq).read_or_none()
+        return None if data is None else self._parse(seq, data)
 
     def head(self) -> Commit | None:
-        """Return the newest published commit, or None for an empty log."""
+        """Return the newest published commit, or None for an empty log.
+
+        The records are read from storage, not from the cache, so a dataset
+        deleted (or deleted and re-created) since is noticed.
+        """
         seq = self._hinted_seq()
-        if seq is None or not self._exists(seq):
+        commit = None if seq is None else self._fetch(seq)
+        if seq is None or commit is None:
             seqs = self.list_seqs()
             if not seqs:
                 return None
             seq = seqs[-1]
-        while self._exists(seq + 1):
-            seq += 1
-        return self.get(seq)
+            commit = self._fetch(seq)
+            if commit is None:
+                return None  # removed meanwhile: a deletion is under way
+        while True:
+            following = self._fetch(seq + 1)
+            if following is None:
+                return commit
+            seq, commit = seq + 1, following
 
     def _hinted_seq(self) -> int | None:
         try:
@@ -182,9 +223,9 @@ class CommitLog:
                 seqs.append(int(stem))
         return sorted(seqs)
 
-    def list(self, *, limit: int | None = None) -> list[Commit]:
-        """Commits newest first, at most `limit` of them."""
-        head = self.head()
+    def list(self, head: Commit | None = None, *, limit: int | None = None) -> list[Commit]:
+        """Commits newest first from `head` (default: read HEAD), at most `limit` of them."""
+        head = head or self.head()
         if head is None:
             return []
         start = 0 if limit is None else max(0, head.seq - limit + 1)
@@ -207,14 +248,20 @@ class CommitLog:
             self._hint.put(json.dumps({"seq": commit.seq}).encode())
         return True
 
+    def withdraw(self, commit: Commit) -> None:
+        """Remove a record this process just published into a dataset that was deleted."""
+        self._cache.pop(commit.seq, None)
+        self._record(commit.seq).remove()
+
     def at_time(self, when: datetime) -> Commit:
         """The newest commit published at or before `when`.
+
+        A naive `when` is local time, as everywhere in Python.
 
         Raises:
             CommitNotFoundError: `when` is before the first commit.
         """
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+        when = aware(when)
         head = self.head()
         first = self.get(0) if head is not None else None
         if head is None or first is None or when < first.created_at:

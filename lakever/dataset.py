@@ -14,94 +14,36 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import getpass
-import json
 import os
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import polars as pl
 
 from lakever import _changes, _delta
-from lakever._protocol import CommitRunner, Operation
+from lakever._claims import META_SEQ
+from lakever._protocol import DELETE_OPERATION, CommitRunner, Operation
 from lakever._staging import Stage
 from lakever.commits import ChangeCounts, Commit, CommitLog, now_utc
 from lakever.diff import Diff
 from lakever.errors import (
-    CorruptLakeError,
-    InvalidRefError,
+    DatasetNotFoundError,
+    InvalidInputError,
     SnapshotNotFoundError,
     TableNotFoundError,
 )
 from lakever.history import history as _history
+from lakever.info import DatasetInfo, default_author
 from lakever.names import check_snapshot_name
+from lakever.refs import Ref, resolve, snapshot_commit
+from lakever.repair import RepairReport
+from lakever.repair import repair as _repair
 from lakever.schema import FRAMES, LABELS, empty_schema, key_column, normalize_classes, table_kind
 from lakever.storage import Location
 from lakever.tags import Snapshot, TagTable
 from lakever.transaction import Transaction, inference_table
 from lakever.view import TableReader, View
-
-#: Environment variable naming the author recorded on commits.
-ENV_AUTHOR = "LAKEVER_AUTHOR"
-
-Ref = str | int | datetime | Commit | Snapshot
-
-
-def default_author() -> str:
-    """The author recorded when none is given: $LAKEVER_AUTHOR, else the OS user."""
-    env = os.environ.get(ENV_AUTHOR)
-    if env:
-        return env
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a dataset is: fixed at creation."""
-
-    name: str
-    project: str | None
-    description: str
-    tags: tuple[str, ...]
-    creator: str
-    created_at: datetime
-    classes: tuple[str, ...]
-
-    def to_json(self) -> bytes:
-        """Serialise for dataset.json."""
-        return json.dumps(
-            {
-                "format": 1,
-                "name": self.name,
-                "project": self.project,
-                "description": self.description,
-                "tags": list(self.tags),
-                "creator": self.creator,
-                "created_at": self.created_at.isoformat(),
-                "classes": list(self.classes),
-            },
-            sort_keys=True,
-        ).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> DatasetInfo:
-        """Parse dataset.json."""
-        d = json.loads(data)
-        return cls(
-            name=d["name"],
-            project=d.get("project"),
-            description=d.get("description", ""),
-            tags=tuple(d.get("tags", ())),
-            creator=d.get("creator", ""),
-            created_at=datetime.fromisoformat(d["created_at"]),
-            classes=tuple(d.get("classes", ())),
-        )
 
 
 class Dataset(TableReader):
@@ -113,12 +55,18 @@ class Dataset(TableReader):
 
     def __init__(self, root: Location, info: DatasetInfo) -> None:
         self._dataset = self
-        self.root = root
+        self.root = dataclasses.replace(root, scope=info.identity)
         self.info = info
-        self._log = CommitLog(root)
-        self._tags = TagTable(root.child("snapshots"), self.table_location)
-        self._runner = CommitRunner(self._log, self.table_location, self._initialize)
+        self._log = CommitLog(self.root, dataset_id=info.id, name=info.name)
+        self._tags = TagTable(self.root.child("snapshots"))
+        self._runner = CommitRunner(
+            self._log, self.table_location, lambda: self.head, self._confirm
+        )
         self._counts_memo: dict[tuple[str, str], dict[str, ChangeCounts]] = {}
+
+    def same_dataset(self, other: Dataset) -> bool:
+        """Whether `other` is a handle of this very dataset (same place, same incarnation)."""
+        return self.root.uri == other.root.uri and self.info.identity == other.info.identity
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, uri={self.root.uri!r})"
@@ -168,8 +116,12 @@ class Dataset(TableReader):
     # -- the log ------------------------------------------------------------------------
 
     def _initialize(self) -> Commit:
-        """Create the empty tables and commit 0 (idempotent: repairs a crashed creation)."""
-        claim = {_delta.META_SEQ: "0"}
+        """Create the empty tables and commit 0 (idempotent: repairs a crashed creation).
+
+        Only `Lake.create_dataset` calls this: reads and writes through a
+        handle never create anything.
+        """
+        claim = {META_SEQ: "0"}
         versions = {}
         for table in (FRAMES, LABELS):
             loc = self.table_location(table)
@@ -188,82 +140,91 @@ class Dataset(TableReader):
             operation="create",
             table_versions=versions,
             classes=self.info.classes,
+            dataset_id=self.info.id,
         )
         self._log.publish(commit)
         return self._log.get(0)
 
     @property
     def head(self) -> Commit:
-        """The latest commit."""
+        """The latest commit.
+
+        Raises:
+            DatasetNotFoundError: the dataset was deleted (or deleted and created
+                again) since this handle was opened, or its creation never finished.
+        """
         head = self._log.head()
-        return head if head is not None else self._initialize()
+        if head is None:
+            raise self._missing()
+        if head.operation == DELETE_OPERATION:
+            raise DatasetNotFoundError(
+                f"dataset {self.name!r} was deleted at {head.created_at.isoformat()} "
+                f"by {head.author!r}; this handle can no longer read or write it"
+            )
+        return head
+
+    def _stored_info(self) -> DatasetInfo | None:
+        data = self.root.child("_lakever", "dataset.json").read_or_none()
+        if data is None:
+            return None
+        try:
+            return DatasetInfo.from_json(data)
+        except (ValueError, KeyError):
+            return None
+
+    def _missing(self) -> DatasetNotFoundError:
+        stored = self._stored_info()
+        if stored is None:
+            return DatasetNotFoundError(
+                f"dataset {self.name!r} was deleted; this handle can no longer read or write it"
+            )
+        if stored.identity != self.info.identity:
+            return DatasetNotFoundError(
+                f"dataset {self.name!r} was deleted and created again since this handle "
+                f"was opened; open it again with lake.dataset({self.name!r})"
+            )
+        return DatasetNotFoundError(
+            f"dataset {self.name!r} has no first commit: its creation is under way or was "
+            f"interrupted. Finish it with lake.create_dataset({self.name!r}, classes=..., "
+            f"exist_ok=True), or remove it with lake.delete_dataset({self.name!r})"
+        )
+
+    def _confirm(self, commit: Commit) -> None:
+        """Withdraw a commit just published if the dataset was deleted meanwhile."""
+        stored = self._stored_info()
+        if stored is not None and stored.identity == self.info.identity:
+            return
+        with contextlib.suppress(OSError):
+            self._log.withdraw(commit)
+        raise self._missing()
 
     def _reading_commit(self) -> Commit:
         return self.head
 
     def log(self, *, limit: int | None = None) -> list[Commit]:
-        """Commits, newest first (at most `limit`)."""
-        commits = self._log.list(limit=limit)
-        return commits or [self._initialize()]
+        """Commits, newest first (at most `limit`; 0 gives none)."""
+        if limit is not None and (isinstance(limit, bool) or limit < 0):
+            raise InvalidInputError(f"limit must be a whole number >= 0, got {limit!r}")
+        head = self.head  # refuses a deleted dataset
+        return [] if limit == 0 else self._log.list(head, limit=limit)
 
     def resolve(self, ref: Ref) -> Commit:
-        """Turn a ref into a commit.
+        """Turn a ref into a commit of this dataset.
 
-        A ref is a `Commit`, a `Snapshot`, a commit seq (int), a datetime (the
-        newest commit at or before it), or a string: 'HEAD', a snapshot name, a
-        commit seq in digits, a commit id or unique prefix (4+ hex chars), or an
-        ISO-8601 time, tried in that order.
+        A ref is a `Commit`, `Snapshot` or `View` of this dataset, a commit seq
+        (any integer), a datetime (the newest commit at or before it; a naive
+        one is local time), or a string: 'HEAD', a snapshot name, a commit seq
+        in digits, a commit id or unique prefix (4+ hex chars), or an ISO-8601
+        time, tried in that order.
 
         Raises:
-            InvalidRefError: the ref matches nothing.
+            InvalidRefError: the ref matches nothing, or belongs to another dataset.
             CommitNotFoundError: a seq or time outside the log.
         """
-        if isinstance(ref, Commit):
-            return ref
-        if isinstance(ref, Snapshot):
-            return self._snapshot_commit(ref)
-        if isinstance(ref, bool):
-            raise InvalidRefError(f"{ref!r} is not a ref")
-        if isinstance(ref, int):
-            if ref < 0:
-                raise InvalidRefError(f"commit seq {ref} is negative; seqs start at 0")
-            return self._log.get(ref)
-        if isinstance(ref, datetime):
-            return self._log.at_time(ref)
-        if not isinstance(ref, str):
-            raise InvalidRefError(f"cannot use a {type(ref).__name__} as a ref: {ref!r}")
-        text = ref.strip()
-        if text.upper() == "HEAD":
-            return self.head
-        snap = self._tags.find(text)
-        if snap is not None:
-            return self._snapshot_commit(snap)
-        if text.isdigit():
-            return self._log.get(int(text))
-        found = self._log.find_id(text)
-        if found is not None:
-            return found
-        if re.match(r"^\d{4}-\d{2}-\d{2}", text):
-            try:
-                when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                pass
-            else:
-                return self._log.at_time(when)
-        raise InvalidRefError(
-            f"{ref!r} is not a snapshot, commit id, commit seq or ISO time of dataset "
-            f"{self.name!r}; `lakever snapshot list {self.name}` and `lakever log {self.name}` "
-            "show what exists"
-        )
+        return resolve(self, ref)
 
     def _snapshot_commit(self, snap: Snapshot) -> Commit:
-        commit = self._log.get(snap.commit_seq)
-        if commit.id != snap.commit_id:
-            raise CorruptLakeError(
-                f"snapshot {snap.name!r} points at commit {snap.commit_id} as seq "
-                f"{snap.commit_seq}, but that seq holds commit {commit.id}"
-            )
-        return commit
+        return snapshot_commit(self, snap)
 
     def at(self, ref: Ref) -> View:
         """A read-only view of the dataset at a snapshot, commit or time.
@@ -600,4 +561,24 @@ class Dataset(TableReader):
 
     def delete_snapshot(self, name: str) -> None:
         """Delete a snapshot (the data it pointed at stays in the history)."""
+        self.head  # noqa: B018 - refuses a deleted dataset
         self._tags.delete([name])
+
+    # -- maintenance -------------------------------------------------------------------
+
+    def repair(self, *, apply: bool = False, author: str | None = None) -> RepairReport:
+        """Find table versions whose data files are gone; with `apply`, fix HEAD.
+
+        Files vanish when maintenance runs from outside with its safety checks
+        off (``VACUUM ... RETAIN 0 HOURS``) or by hand. This reports every
+        unreadable table version of HEAD and of each snapshot, with the files
+        and rows lost. Applied, it records one commit that rewrites HEAD's
+        broken tables from the files that survive, so HEAD is readable and
+        writable again; the commit's counts name the rows lost. Dry run by
+        default.
+
+        Example:
+            >>> print(ds.repair().describe())  # doctest: +SKIP
+            >>> ds.repair(apply=True)  # doctest: +SKIP
+        """
+        return _repair(self, apply=apply, author=author)

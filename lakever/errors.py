@@ -24,6 +24,14 @@ class InvalidRefError(LakeverError, ValueError):
     """A ref (snapshot name, commit id or seq, datetime) matches nothing usable."""
 
 
+class InvalidInputError(LakeverError, TypeError, ValueError):
+    """An argument has the wrong type or value (a batch that is not a table, say)."""
+
+
+class LakeNotFoundError(LakeverError, LookupError):
+    """Nothing exists at the lake's URI (a missing folder or bucket)."""
+
+
 class DatasetNotFoundError(LakeverError, LookupError):
     """No dataset of that name exists in the lake."""
 
@@ -50,6 +58,22 @@ class CommitNotFoundError(LakeverError, LookupError):
 
 class TableNotFoundError(LakeverError, LookupError):
     """The table does not exist at the requested version of the dataset."""
+
+
+class VersionUnavailableError(LakeverError, LookupError):
+    """A table version can no longer be read: its files were deleted outside lakever.
+
+    Attributes:
+        table: the table ('frames', 'labels', 'inferences/<set>').
+        version: the Delta version that cannot be read.
+        missing: paths of the data files that are gone.
+    """
+
+    def __init__(self, message: str, *, table: str, version: int, missing: Sequence[str]) -> None:
+        super().__init__(message)
+        self.table = table
+        self.version = version
+        self.missing: tuple[str, ...] = tuple(missing)
 
 
 class RowNotFoundError(LakeverError, LookupError):

@@ -22,6 +22,7 @@ import polars as pl
 
 from lakever import _delta
 from lakever.commits import Commit
+from lakever.errors import InvalidInputError, RowNotFoundError
 from lakever.schema import FRAMES, LABELS
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def history(
 ) -> pl.DataFrame:
     """Every version of a frame and its labels, or of one label, oldest first."""
     if (frame_id is None) == (label_id is None):
-        raise ValueError("give exactly one of frame_id=... or label_id=...")
+        raise InvalidInputError("give exactly one of frame_id=... or label_id=...")
     commits = list(reversed(ds.log()))
 
     def upto(table: str) -> int:
@@ -157,5 +158,11 @@ def history(
         assert label_id is not None
         pred = f"label_id = {_delta.sql_literal(label_id)}"
         rows += _walk(commits, LABELS, "label_id", _events(ds, LABELS, upto(LABELS), pred))
+    if not rows:
+        what = f"frame {frame_id!r}" if frame_id is not None else f"label {label_id!r}"
+        raise RowNotFoundError(
+            f"{what} has never existed in dataset {ds.name!r} (no commit added, changed or "
+            "deleted it); check the id"
+        )
     rows.sort(key=lambda r: (r["seq"], r["table"] != FRAMES, r["key"]))
     return pl.DataFrame(rows, schema=HISTORY_SCHEMA)

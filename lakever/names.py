@@ -16,7 +16,10 @@ from lakever.errors import InvalidNameError
 MAX_NAME_LENGTH = 128
 MAX_SNAPSHOT_NAME_LENGTH = 200
 
-_PATH_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PATH_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+#: Snapshot names refs resolve before snapshots, so they cannot name one.
+RESERVED_SNAPSHOT_NAMES = ("head",)
 
 
 def check_dataset_name(name: str, *, what: str = "dataset") -> str:
@@ -27,7 +30,7 @@ def check_dataset_name(name: str, *, what: str = "dataset") -> str:
         raise InvalidNameError(
             f"{what} name {name!r} must be 1 to {MAX_NAME_LENGTH} characters long"
         )
-    if ".." in name or not _PATH_SAFE.match(name):
+    if ".." in name or not _PATH_SAFE.fullmatch(name):
         raise InvalidNameError(
             f"{what} name {name!r} is not allowed: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit, and no '..'"
@@ -50,4 +53,9 @@ def check_snapshot_name(name: str) -> str:
         raise InvalidNameError(f"snapshot name {name!r} must not contain '/', '\\' or '..'")
     if any(unicodedata.category(ch).startswith("C") for ch in name):
         raise InvalidNameError(f"snapshot name {name!r} must not contain control characters")
+    if name.lower() in RESERVED_SNAPSHOT_NAMES:
+        raise InvalidNameError(
+            f"snapshot name {name!r} is reserved: 'HEAD' always means the latest commit; "
+            "pick another name"
+        )
     return name

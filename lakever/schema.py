@@ -15,7 +15,7 @@ from typing import Any, Literal
 import polars as pl
 import pyarrow as pa
 
-from lakever.errors import RowError, TableNotFoundError, ValidationError
+from lakever.errors import InvalidInputError, RowError, TableNotFoundError, ValidationError
 
 TableKind = Literal["frames", "labels", "inferences"]
 
@@ -97,27 +97,52 @@ def empty_schema(kind: TableKind) -> pa.Schema:
 
 def normalize_classes(classes: Iterable[str]) -> tuple[str, ...]:
     """Validate a class map: non-empty, unique, non-blank strings, order kept."""
-    if isinstance(classes, str):
-        raise TypeError(f"classes must be a list of class names, not the string {classes!r}")
-    out = tuple(classes)
+    if isinstance(classes, (str, bytes)):
+        raise InvalidInputError(
+            f"classes must be a list of class names, not the string {classes!r} "
+            f"(did you mean [{classes!r}]?)"
+        )
+    try:
+        out = tuple(classes)
+    except TypeError:
+        raise InvalidInputError(
+            f"classes must be a list of class names, got a {type(classes).__name__}: {classes!r}"
+        ) from None
     bad = [c for c in out if not isinstance(c, str) or not c.strip()]
     if bad:
-        raise ValueError(f"class names must be non-empty strings; got {bad!r}")
+        raise InvalidInputError(f"class names must be non-empty strings; got {bad!r}")
     dupes = sorted({c for c in out if out.count(c) > 1})
     if dupes:
-        raise ValueError(f"class map lists these classes more than once: {dupes!r}")
+        raise InvalidInputError(f"class map lists these classes more than once: {dupes!r}")
     if not out:
-        raise ValueError("the class map is empty: give at least one class name")
+        raise InvalidInputError("the class map is empty: give at least one class name")
     return out
 
 
 def to_polars(data: Any) -> pl.DataFrame:
-    """Convert a batch (Polars, Arrow, pandas, list of dicts, dict of lists) to Polars."""
+    """Convert a batch (Polars, Arrow, pandas, list of dicts, dict of lists) to Polars.
+
+    Raises:
+        InvalidInputError: the batch is not tabular, or cannot be converted.
+    """
+    try:
+        return _to_polars(data)
+    except InvalidInputError:
+        raise
+    except Exception as exc:
+        raise InvalidInputError(
+            f"cannot read rows from the {type(data).__name__} batch: {exc}"
+        ) from exc
+
+
+def _to_polars(data: Any) -> pl.DataFrame:
     if isinstance(data, pl.LazyFrame):
         return data.collect()
     if isinstance(data, pl.DataFrame):
         return data
     if isinstance(data, (pa.Table, pa.RecordBatch)):
+        if "" in data.schema.names:
+            raise InvalidInputError("a column of the Arrow batch has an empty name; name it")
         return pl.DataFrame(pl.from_arrow(data))
     if type(data).__module__.startswith("pandas"):
         return pl.from_pandas(data)
@@ -126,26 +151,114 @@ def to_polars(data: Any) -> pl.DataFrame:
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
         if not data:
             return pl.DataFrame()
-        if not all(isinstance(r, Mapping) for r in data):
-            raise TypeError("a list batch must hold one dict per row")
+        bad = next((r for r in data if not isinstance(r, Mapping)), None)
+        if bad is not None:
+            raise InvalidInputError(
+                f"a list batch must hold one dict per row; found a {type(bad).__name__}: "
+                f"{bad!r:.80}"
+            )
         return pl.DataFrame(list(data), infer_schema_length=None, strict=False)
     if hasattr(data, "__arrow_c_stream__"):
         return pl.DataFrame(data)
-    raise TypeError(
-        f"cannot read rows from a {type(data).__name__}: pass a Polars, Arrow or pandas "
-        "DataFrame, or a list of dicts"
+    raise InvalidInputError(
+        f"cannot read rows from a {type(data).__name__} ({data!r:.80}): pass a Polars, Arrow "
+        "or pandas DataFrame, or a list of dicts"
     )
 
 
-def _storable(dtype: pl.DataType) -> pl.DataType | None:
-    """The type a new user column is stored as, or None if it cannot be stored."""
+#: How each Polars type is stored in Delta (which has no unsigned integers, no
+#: time-of-day, no durations, no fixed-size lists and microsecond timestamps).
+#: Every cast here is lossless: a value that would change is refused row by row.
+_WIDER = {
+    pl.UInt8: pl.Int16(),
+    pl.UInt16: pl.Int32(),
+    pl.UInt32: pl.Int64(),
+    pl.UInt64: pl.Int64(),  # values above 2**63 - 1 are refused
+    pl.Float16: pl.Float32(),
+}
+_UNSTORABLE = {
+    pl.Int128: "128-bit integers have no Delta type; cast to Int64 or Decimal",
+    pl.UInt128: "128-bit integers have no Delta type; cast to Int64 or Decimal",
+    pl.Time: "Delta has no time-of-day type; store a String ('12:30:00') or Int64 microseconds",
+    pl.Duration: "Delta has no duration type; store Int64 microseconds (or seconds)",
+    pl.Null: "a new column needs a concrete type (cast it; all-null columns have none)",
+    pl.Object: "Python objects cannot be stored; convert them to a concrete type",
+}
+
+#: Characters Delta (without column mapping) and Spark refuse in column names.
+_BAD_NAME_CHARS = set(" ,;{}()\n\t=")
+
+
+def storable_type(dtype: Any) -> tuple[pl.DataType | None, str]:
+    """The type a user column of `dtype` is stored as, or None and why it cannot be.
+
+    Unsigned integers widen to the next signed type (UInt64 to Int64), Float16
+    to Float32, datetimes of any unit to microseconds (UTC if zoned),
+    Categorical and Enum to String, fixed-size Arrays to Lists, recursively
+    inside Lists and Structs.
+    """
+    if isinstance(dtype, type):
+        dtype = dtype()
+    base = dtype.base_type()
+    if base in _UNSTORABLE:
+        return None, _UNSTORABLE[base]
+    if base in _WIDER:
+        return _WIDER[base], ""
     if isinstance(dtype, (pl.Categorical, pl.Enum)):
-        return pl.String()
-    if isinstance(dtype, (pl.Null, pl.Object)):
-        return None
-    if isinstance(dtype, pl.Datetime) and dtype.time_zone not in (None, "UTC"):
-        return UTC_US
-    return dtype
+        return pl.String(), ""
+    if isinstance(dtype, pl.Datetime):
+        return (pl.Datetime("us") if dtype.time_zone is None else UTC_US), ""
+    if isinstance(dtype, (pl.List, pl.Array)):
+        inner, why = storable_type(dtype.inner)
+        return (None, why) if inner is None else (pl.List(inner), "")
+    if isinstance(dtype, pl.Struct):
+        if not dtype.fields:
+            return None, "a struct needs at least one field"
+        fields = {}
+        for f in dtype.fields:
+            inner, why = storable_type(f.dtype)
+            if inner is None:
+                return None, f"field {f.name!r}: {why}"
+            fields[f.name] = inner
+        return pl.Struct(fields), ""
+    if dtype.is_numeric() or base in (pl.Boolean, pl.String, pl.Binary, pl.Date, pl.Decimal):
+        return dtype, ""
+    return None, f"type {dtype} has no Delta equivalent"
+
+
+def _check_names(
+    df: pl.DataFrame, core: Iterable[str], existing: Iterable[str], check: _Checker
+) -> None:
+    """Refuse column names Delta or Spark cannot hold, or that clash by case."""
+    known = {n.lower(): n for n in [*core, *existing]}
+    seen: dict[str, str] = {}
+    for name in df.columns:
+        if not name or not name.strip():
+            check.batch("column_name", name, None, "column names must not be empty")
+        elif _BAD_NAME_CHARS & set(name) or any(ord(ch) < 32 for ch in name):
+            check.batch(
+                "column_name",
+                name,
+                None,
+                "Delta and Spark refuse spaces, control characters and any of ,;{}()= "
+                "in column names; rename it",
+            )
+        elif name.lower() in known and known[name.lower()] != name:
+            check.batch(
+                "column_name",
+                name,
+                None,
+                f"differs from column {known[name.lower()]!r} only in case, and Delta "
+                "column names are case-insensitive; use the same spelling",
+            )
+        elif name.lower() in seen:
+            check.batch(
+                "column_name",
+                name,
+                None,
+                f"clashes with {seen[name.lower()]!r}: names are case-insensitive",
+            )
+        seen.setdefault(name.lower(), name)
 
 
 class _Checker:
@@ -187,14 +300,21 @@ def _lossless_cast(series: pl.Series, target: pl.DataType) -> tuple[pl.Series, p
         out = series.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
         return out, series.is_not_null() & out.is_null()
     if isinstance(target, pl.Datetime) and isinstance(src, pl.Datetime):
-        zoned = (
-            series.dt.replace_time_zone("UTC")
-            if src.time_zone is None
-            else series.dt.convert_time_zone("UTC")
-        )
-        return zoned.cast(target), _no_rows(series)
+        zoned = series
+        if target.time_zone == "UTC":
+            zoned = (
+                series.dt.replace_time_zone("UTC")
+                if src.time_zone is None
+                else series.dt.convert_time_zone("UTC")
+            )
+        elif src.time_zone is not None:
+            return series, series.is_not_null()  # a zoned time into a naive column
+        out = zoned.cast(target)
+        return out, series.is_not_null() & (out.cast(zoned.dtype) != zoned).fill_null(True)
     if isinstance(src, pl.Null):
         return series.cast(target), _no_rows(series)
+    if target.is_numeric() and src == pl.Boolean:
+        return series, series.is_not_null()  # True is not 1.0
     try:
         out = series.cast(target, strict=False)
     except Exception:
@@ -249,6 +369,7 @@ def prepare_rows(
                 None,
                 "column names starting with '_' are reserved for lakever",
             )
+    _check_names(df, core, existing, check)
     check.raise_if_any()
 
     if not partial:
@@ -260,19 +381,18 @@ def prepare_rows(
     for name in df.columns:
         series = df[name]
         target: pl.DataType | None
+        stored, why = storable_type(series.dtype)
+        if stored is None and not isinstance(series.dtype, pl.Null):
+            check.batch("type", name, str(series.dtype), why)
+            continue
         if name in core:
             target = core[name].dtype
         elif name in existing:
             target = existing[name]
         else:
-            target = _storable(series.dtype)
+            target = stored
             if target is None:
-                check.batch(
-                    "type",
-                    name,
-                    str(series.dtype),
-                    "a new column needs a concrete type (cast it; all-null columns have none)",
-                )
+                check.batch("type", name, str(series.dtype), why)
                 continue
         out, bad = _lossless_cast(series, target)
         if bad.any():

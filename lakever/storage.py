@@ -9,6 +9,7 @@ rests on: put-if-absent of a complete object.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import tempfile
@@ -69,13 +70,29 @@ class Location:
     Attributes:
         uri: absolute local path or ``s3://bucket/prefix``, without trailing slash.
         options: storage options in deltalake's spelling (``AWS_ENDPOINT_URL``, ...).
+        scope: what else tells apart objects at the same URI: a dataset sets its
+            id here, so a dataset deleted and re-created under the same name
+            never shares cached table objects with the old one.
     """
 
     uri: str
     options: Mapping[str, str] = field(default_factory=dict)
+    scope: str = ""
 
     def __repr__(self) -> str:
         return f"Location({self.uri!r}, options={redact(self.options)!r})"
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the storage options (credentials included), never the secrets.
+
+        Objects loaded through one connection are cached under this digest, so a
+        connection never reads through objects another one's credentials loaded.
+        """
+        digest = hashlib.sha256()
+        for key, value in sorted(self.options.items()):
+            digest.update(f"{key}\0{value}\0".encode())
+        return digest.hexdigest()[:32]
 
     @property
     def is_local(self) -> bool:
@@ -84,7 +101,12 @@ class Location:
 
     def child(self, *parts: str) -> Location:
         """Return the location of a path below this one."""
-        return Location(posixpath.join(self.uri, *parts), self.options)
+        return Location(posixpath.join(self.uri, *parts), self.options, self.scope)
+
+    @property
+    def name(self) -> str:
+        """The last path segment."""
+        return posixpath.basename(self.uri)
 
     def delta_options(self) -> dict[str, str] | None:
         """Storage options for deltalake and polars (None for local paths)."""
@@ -114,16 +136,34 @@ class Location:
             data: bytes = self.fs.cat_file(self.path)
         except FileNotFoundError:
             raise
-        except OSError as exc:
-            raise StorageError(f"cannot read {self.uri}: {exc}") from exc
+        except IsADirectoryError:
+            raise FileNotFoundError(self.uri) from None
+        except Exception as exc:
+            raise storage_error("read", self.uri, exc) from exc
         return data
+
+    def read_or_none(self) -> bytes | None:
+        """Read the whole object, or None if it does not exist."""
+        try:
+            return self.read_bytes()
+        except FileNotFoundError:
+            return None
 
     def exists(self) -> bool:
         """Whether an object or directory exists here."""
         try:
             return bool(self.fs.exists(self.path))
-        except OSError as exc:
-            raise StorageError(f"cannot check {self.uri}: {exc}") from exc
+        except Exception as exc:
+            raise storage_error("check", self.uri, exc) from exc
+
+    def remove(self) -> None:
+        """Delete one object (nothing if it does not exist)."""
+        try:
+            self.fs.rm_file(self.path)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise storage_error("delete", self.uri, exc) from exc
 
     def put_if_absent(self, data: bytes) -> bool:
         """Write a complete object unless one exists; return whether we wrote it.
@@ -140,8 +180,8 @@ class Location:
             return True
         except FileExistsError:
             return False
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.uri}: {exc}") from exc
+        except Exception as exc:
+            raise storage_error("write", self.uri, exc) from exc
 
     def put(self, data: bytes) -> None:
         """Write a complete object, replacing any existing one atomically."""
@@ -149,32 +189,64 @@ class Location:
             if self.is_local:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
                 fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tmp-")
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, self.path)
+                try:
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(data)
+                    os.replace(tmp, self.path)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
             else:
                 self.fs.pipe_file(self.path, data)
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.uri}: {exc}") from exc
+        except Exception as exc:
+            raise storage_error("write", self.uri, exc) from exc
 
     def list_names(self) -> list[str]:
         """Names of the entries directly below this location ([] if none)."""
         try:
             entries = self.fs.ls(self.path, detail=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        except OSError as exc:
-            raise StorageError(f"cannot list {self.uri}: {exc}") from exc
-        return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
+        except Exception as exc:
+            raise storage_error("list", self.uri, exc) from exc
+        names = (posixpath.basename(str(e).rstrip("/")) for e in entries)
+        return sorted(n for n in names if n)
+
+    def list_files(self) -> set[str]:
+        """Names of the files (not folders) directly below this location."""
+        try:
+            entries = self.fs.ls(self.path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+        except Exception as exc:
+            raise storage_error("list", self.uri, exc) from exc
+        return {
+            posixpath.basename(str(e["name"]).rstrip("/"))
+            for e in entries
+            if e.get("type") != "directory"
+        }
+
+    def root_exists(self) -> bool:
+        """Whether the lake root can exist here: the folder, or the S3 bucket, is there."""
+        try:
+            if self.is_local:
+                return os.path.isdir(self.path)
+            bucket = self.path.split("/", 1)[0]
+            self.fs.info(bucket)  # unlike exists(), raises when the store is unreachable
+            return True
+        except FileNotFoundError:
+            return False
+        except Exception as exc:
+            raise storage_error("check", self.uri, exc) from exc
 
     def cat_many(self, locations: list[Location]) -> dict[str, bytes]:
         """Read several objects at once (concurrently on S3), keyed by uri."""
         if not locations:
             return {}
         try:
-            out = self.fs.cat([loc.path for loc in locations])
-        except OSError as exc:
-            raise StorageError(f"cannot read objects under {self.uri}: {exc}") from exc
+            out = self.fs.cat([loc.path for loc in locations], on_error="return")
+        except Exception as exc:
+            raise storage_error("read objects under", self.uri, exc) from exc
         by_path = {loc.path: loc.uri for loc in locations}
         result: dict[str, bytes] = {}
         for p, data in out.items():
@@ -189,24 +261,45 @@ class Location:
         try:
             if self.exists():
                 self.fs.rm(self.path, recursive=True)
-        except OSError as exc:
-            raise StorageError(f"cannot delete {self.uri}: {exc}") from exc
+        except FileNotFoundError:
+            pass  # removed meanwhile (a concurrent deletion): the goal is reached
+        except Exception as exc:
+            raise storage_error("delete", self.uri, exc) from exc
+
+
+def storage_error(verb: str, uri: str, exc: BaseException) -> StorageError:
+    """Translate an fsspec, botocore or OS error into a `StorageError` naming the object."""
+    text = str(exc) or type(exc).__name__
+    hint = ""
+    lowered = text.lower()
+    if isinstance(exc, PermissionError) or "access denied" in lowered or "forbidden" in lowered:
+        hint = "; check the credentials and permissions for this location"
+    elif "credential" in lowered:
+        hint = "; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or pass storage_options)"
+    elif "connect" in lowered or "endpoint" in lowered:
+        hint = "; check AWS_ENDPOINT_URL and that the store is reachable"
+    elif isinstance(exc, OSError) and exc.errno == 28:
+        hint = "; the disk is full"
+    elif isinstance(exc, OSError) and exc.errno == 30:
+        hint = "; the file system is read-only"
+    return StorageError(f"cannot {verb} {uri}: {type(exc).__name__}: {text}{hint}")
 
 
 def _local_put_if_absent(path: str, data: bytes) -> bool:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
     try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.link(tmp, path)
     except FileExistsError:
         return False
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return True
 
 

@@ -14,7 +14,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,7 +24,12 @@ from deltalake import DeltaTable
 
 from lakever import _delta
 from lakever.commits import ChangeCounts, Commit
-from lakever.errors import ConflictError, SnapshotExistsError, SnapshotNotFoundError
+from lakever.errors import (
+    ConflictError,
+    InvalidInputError,
+    SnapshotExistsError,
+    SnapshotNotFoundError,
+)
 from lakever.storage import Location
 
 TAG_SCHEMA: dict[str, pl.DataType] = {
@@ -95,9 +100,8 @@ class Snapshot:
 class TagTable:
     """The snapshot table of one dataset."""
 
-    def __init__(self, location: Location, table_location: Callable[[str], Location]) -> None:
+    def __init__(self, location: Location) -> None:
         self.location = location
-        self._table_location = table_location
 
     def ensure(self) -> None:
         """Create the empty tag table if it does not exist yet."""
@@ -115,9 +119,12 @@ class TagTable:
         return dt
 
     def frame(self) -> pl.DataFrame:
-        """All snapshot rows, oldest first."""
-        dt = self._latest()
-        return _delta.scan(self.location, dt.version()).sort("created_at", "name").collect()
+        """All snapshot rows, oldest first (none if the table was never made: reads never write)."""
+        dt = _delta.open_latest(self.location)
+        if dt is None:
+            return pl.DataFrame(schema=TAG_SCHEMA)
+        lazy = _delta.scan(self.location, dt.version()).sort("created_at", "name")
+        return _delta.collect(self.location, dt.version(), lazy, table="snapshots")
 
     def snapshots(self) -> list[Snapshot]:
         """Every snapshot, oldest first."""
@@ -157,11 +164,14 @@ class TagTable:
         """Add a snapshot row unless the name is taken (checked at the exact version written)."""
         try:
             meta_json = json.dumps(dict(metadata), sort_keys=True)
-        except TypeError as exc:
-            raise TypeError(f"snapshot metadata must be JSON-serialisable: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(
+                f"snapshot metadata must be JSON-serialisable: {exc} (got {dict(metadata)!r})"
+            ) from exc
+        # Paths relative to the dataset root, so a copied or moved lake keeps
+        # pointing at its own tables (older rows hold absolute URIs).
         tables = [
-            {"table": t, "uri": self._table_location(t).uri, "version": v}
-            for t, v in sorted(commit.table_versions.items())
+            {"table": t, "uri": t, "version": v} for t, v in sorted(commit.table_versions.items())
         ]
         row = pl.DataFrame(
             [

@@ -19,7 +19,7 @@ import polars as pl
 from lakever._protocol import Operation
 from lakever._staging import Stage
 from lakever.commits import Commit
-from lakever.errors import RowError, RowNotFoundError, ValidationError
+from lakever.errors import InvalidInputError, RowError, RowNotFoundError, ValidationError
 from lakever.names import check_dataset_name
 from lakever.schema import FRAMES, INFERENCES_PREFIX, LABELS, to_polars
 
@@ -35,7 +35,13 @@ def inference_table(set_name: str) -> str:
 def _ids(values: Iterable[str] | str) -> list[str]:
     if isinstance(values, str):
         return [values]
-    return [str(v) for v in values]
+    try:
+        return [str(v) for v in values]
+    except TypeError:
+        raise InvalidInputError(
+            f"expected ids (a string or a list of strings), got a {type(values).__name__}: "
+            f"{values!r:.80}"
+        ) from None
 
 
 class Transaction:
@@ -81,9 +87,11 @@ class Transaction:
         )
         return self.result
 
-    def _add(self, summary: str, op: Operation) -> None:
+    def _add(self, summary: str, op: Operation, *, rows: int) -> None:
         if self.result is not None:
-            raise RuntimeError("this transaction has already committed; start a new one")
+            raise InvalidInputError("this transaction has already committed; start a new one")
+        if rows == 0:
+            return  # an empty batch changes nothing
         self._ops.append(op)
         self._summary.append(summary)
 
@@ -96,7 +104,7 @@ class Transaction:
         def op(st: Stage) -> None:
             st.put(FRAMES, st.validate(FRAMES, df), require=False)
 
-        self._add(f"add {df.height} frames", op)
+        self._add(f"add {df.height} frames", op, rows=df.height)
 
     def upsert_frames(self, frames: Any) -> None:
         """Create frames, or update those whose frame_id exists."""
@@ -105,7 +113,7 @@ class Transaction:
         def op(st: Stage) -> None:
             st.put(FRAMES, st.validate(FRAMES, df))
 
-        self._add(f"upsert {df.height} frames", op)
+        self._add(f"upsert {df.height} frames", op, rows=df.height)
 
     def update_frames(self, frames: Any) -> None:
         """Change some columns of existing frames (frame_id + only the columns to change)."""
@@ -114,7 +122,7 @@ class Transaction:
         def op(st: Stage) -> None:
             st.put(FRAMES, st.validate(FRAMES, df, partial=True), require=True)
 
-        self._add(f"update {df.height} frames", op)
+        self._add(f"update {df.height} frames", op, rows=df.height)
 
     def delete_frames(self, frame_ids: Iterable[str] | str, *, missing_ok: bool = False) -> None:
         """Delete frames and, in the same commit, their labels."""
@@ -125,7 +133,7 @@ class Transaction:
             labels = st.current_by(LABELS, "frame_id", pl.Series(sorted(gone), dtype=pl.String))
             st.delete(LABELS, labels["label_id"].to_list(), missing_ok=True)
 
-        self._add(f"delete {len(ids)} frames", op)
+        self._add(f"delete {len(ids)} frames", op, rows=len(ids))
 
     # -- labels -------------------------------------------------------------------
 
@@ -138,7 +146,7 @@ class Transaction:
             st.require_frames(LABELS, rows)
             st.put(LABELS, rows)
 
-        self._add(f"upsert {df.height} labels", op)
+        self._add(f"upsert {df.height} labels", op, rows=df.height)
 
     def delete_labels(self, label_ids: Iterable[str] | str, *, missing_ok: bool = False) -> None:
         """Delete labels by label_id."""
@@ -147,7 +155,7 @@ class Transaction:
         def op(st: Stage) -> None:
             st.delete(LABELS, ids, missing_ok=missing_ok)
 
-        self._add(f"delete {len(ids)} labels", op)
+        self._add(f"delete {len(ids)} labels", op, rows=len(ids))
 
     def replace_labels(self, labels: Any, *, frame_ids: Iterable[str] | None = None) -> None:
         """Make each listed frame's labels exactly these.
@@ -189,19 +197,25 @@ class Transaction:
             )
             st.put(LABELS, rows)
 
-        self._add(f"replace labels of {len(listed) if listed else 'their'} frames", op)
+        count = df.height if listed is None else len(listed) + df.height
+        self._add(f"replace labels of {len(listed) if listed else 'their'} frames", op, rows=count)
 
     # -- inference sets -------------------------------------------------------------
 
     def upsert_inferences(self, set_name: str, inferences: Any, *, pinned_to: Any = None) -> None:
         """Create or update predictions in an inference set (created on first write).
 
+        An inference set is pinned to the dataset version its predictions were
+        made against, and its rows are checked against that version: each row's
+        frame must exist there. Deleting frames later leaves pinned predictions
+        alone.
+
         Args:
             set_name: the inference set.
             inferences: rows as labels, plus `confidence` in [0, 1].
             pinned_to: the ref the predictions were made against; default: the
-                set keeps its pin, and a new set is pinned to the commit it is
-                written on top of.
+                set keeps its pin, and a new set is pinned to the commit that
+                creates it (so frames added in the same transaction count).
         """
         table = inference_table(set_name)
         df = to_polars(inferences)
@@ -209,14 +223,14 @@ class Transaction:
 
         def op(st: Stage) -> None:
             rows = st.validate(table, df)
-            st.require_frames(table, rows)
-            st.put(table, rows)
             if pin is not None:
                 st.pins[set_name] = pin
             else:
-                st.pins.setdefault(set_name, st.head.seq)
+                st.pins.setdefault(set_name, st.head.seq + 1)
+            st.require_frames(table, rows, at_seq=st.pins[set_name])
+            st.put(table, rows)
 
-        self._add(f"upsert {df.height} inferences into {set_name}", op)
+        self._add(f"upsert {df.height} inferences into {set_name}", op, rows=df.height)
 
     def delete_inferences(
         self, set_name: str, label_ids: Iterable[str] | str, *, missing_ok: bool = False
@@ -228,4 +242,4 @@ class Transaction:
         def op(st: Stage) -> None:
             st.delete(table, ids, missing_ok=missing_ok)
 
-        self._add(f"delete {len(ids)} inferences from {set_name}", op)
+        self._add(f"delete {len(ids)} inferences from {set_name}", op, rows=len(ids))

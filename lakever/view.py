@@ -46,11 +46,20 @@ class TableReader:
             >>> ds.scan("labels").filter(pl.col("cls") == "car").collect()  # doctest: +SKIP
         """
         version = self._version(table)
-        return _delta.scan(self._dataset.table_location(table), version)
+        loc = self._dataset.table_location(table)
+        _delta.check_available_once(loc, version, table=table)
+        return _delta.scan(loc, version)
 
     def read(self, table: str) -> pl.DataFrame:
-        """Read a whole table into memory."""
-        return self.scan(table).collect()
+        """Read a whole table into memory.
+
+        Raises:
+            VersionUnavailableError: the version's data files were deleted
+                outside lakever (`Dataset.repair` tells what is lost).
+        """
+        version = self._version(table)
+        loc = self._dataset.table_location(table)
+        return _delta.collect(loc, version, self.scan(table), table=table)
 
     def delta_table(self, table: str) -> tuple[str, int]:
         """The (table URI, Delta version) a Spark or Polars job should read."""
@@ -90,6 +99,7 @@ _WRITE_METHODS = (
     "drop_inferences",
     "extend_classes",
     "transaction",
+    "repair",
     "revert",
     "create_snapshot",
     "delete_snapshot",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -127,3 +132,22 @@ def table_hash(df: pl.DataFrame) -> str:
 def content_hash(view: lv.View | lv.Dataset) -> dict[str, str]:
     """Hash of every table at a version."""
     return {t: table_hash(view.read(t)) for t in view.tables}
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """Make a folder refuse new entries, even to root (chattr +i), for the block's duration."""
+    if os.geteuid() == 0:
+        assert shutil.which("chattr"), "chattr is needed to make a folder read-only as root"
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        mode = path.stat().st_mode
+        path.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.chmod(mode)

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import lakever as lv
+from lakever.info import DatasetInfo
 from tests.helpers import CLASSES, frames
 
 
@@ -75,23 +76,22 @@ def test_secrets_are_not_shown(tmp_path) -> None:
     assert "***" in repr(lake.root)
 
 
-@pytest.mark.parametrize("first_call", ["write", "log"])
-def test_interrupted_creation_is_finished_on_first_use(
-    local_lake: lv.Lake, first_call: str
-) -> None:
-    """A crash after dataset.json but before commit 0 leaves a dataset the next call completes."""
-    from lakever.commits import now_utc
-    from lakever.dataset import DatasetInfo
-
-    info = DatasetInfo("half", None, "", (), "tester", now_utc(), tuple(CLASSES))
-    assert local_lake.root.child("datasets", "half", "_lakever", "dataset.json").put_if_absent(
-        info.to_json()
+def test_interrupted_creation_is_finished_only_by_creation(local_lake: lv.Lake) -> None:
+    """A crash after dataset.json but before commit 0: reads and writes refuse, never create."""
+    info = DatasetInfo.new(
+        "half", project=None, description="", tags=(), creator="t", classes=tuple(CLASSES)
     )
+    root = local_lake.root.child("datasets", "half")
+    assert root.child("_lakever", "dataset.json").put_if_absent(info.to_json())
     ds = local_lake.dataset("half")
-    if first_call == "write":
-        assert ds.add_frames(frames(range(2))).seq == 1
-        assert [c.seq for c in ds.log()] == [1, 0]
-    else:
-        assert [(c.seq, c.operation) for c in ds.log()] == [(0, "create")]
-    assert ds.classes == tuple(CLASSES)
-    assert ds.list_snapshots() == []
+    for call in (lambda: ds.add_frames(frames(range(2))), ds.log, lambda: ds.read("frames")):
+        with pytest.raises(lv.DatasetNotFoundError, match="exist_ok=True"):
+            call()
+    assert root.list_names() == ["_lakever"]  # nothing was written
+    assert local_lake.list_datasets().height == 0
+    assert local_lake.invalid_entries()["name"].to_list() == ["half"]
+    again = local_lake.create_dataset("half", classes=["other"], exist_ok=True)
+    assert [(c.seq, c.operation) for c in again.log()] == [(0, "create")]
+    assert again.classes == tuple(CLASSES)
+    assert again.add_frames(frames(range(2))).seq == 1
+    assert again.list_snapshots() == []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from typer.testing import CliRunner
 
 import lakever as lv
 from lakever.cli import app
-from tests.helpers import CLASSES, frames, labels
+from tests.helpers import CLASSES, frames, labels, read_only
 
 runner = CliRunner()
 
@@ -100,14 +102,52 @@ def test_revert_asks_before_discarding_snapshots(uri: str) -> None:
 
 def test_errors_are_one_line_without_traceback(uri: str) -> None:
     code, _, err = run("log", "missing", "--uri", uri)
-    assert code == 1
-    assert err.strip().startswith("error: no dataset named 'missing'")
-    assert "Traceback" not in err
+    assert code == 3  # not found
+    assert err.strip().startswith("error: no lake at") and "Traceback" not in err
     lv.connect(uri).create_dataset("cams", classes=CLASSES)
+    code, _, err = run("log", "missing", "--uri", uri)
+    assert code == 3 and err.strip().startswith("error: no dataset named 'missing'")
     code, _, err = run("revert", "cams", "no-such-ref", "--uri", uri)
-    assert code == 1 and "no-such-ref" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "no-such-ref" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run("create", "cams", "--classes", "a", "--uri", uri)
+    assert code == 4 and "already exists" in err  # conflict
+    code, out, _ = run("log", "missing", "--uri", uri, "--json")
+    assert code == 3
+    assert json.loads(out)["error"]["type"] == "DatasetNotFoundError"
+    assert "missing" in json.loads(out)["error"]["message"]
     result = runner.invoke(app, ["log", "missing", "--uri", uri, "--verbose"])
     assert isinstance(result.exception, lv.DatasetNotFoundError)
+
+
+def test_unreachable_store_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    code, _, err = run("datasets", "--uri", "s3://nobucket/lake")
+    assert code == 1
+    assert err.startswith("error: cannot") and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("chattr") is None, reason="needs chattr")
+def test_read_only_lake_is_one_line_and_writes_nothing(uri: str) -> None:
+    ds = lv.connect(uri).create_dataset("cams", classes=CLASSES)
+    ds.add_frames(frames(range(2)))
+    commits = Path(uri, "datasets", "cams", "_lakever", "commits")
+    with read_only(commits):
+        code, _, err = run(
+            "snapshot", "create", "cams", "s1", "--uri", uri
+        )  # the tag table is writable: works
+        assert code == 0, err
+        result = runner.invoke(app, ["revert", "cams", "1", "--uri", uri])
+        assert result.exit_code == 0  # already equal: no commit needed
+        code, _, err = run("revert", "cams", "0", "--uri", uri)
+        assert code == 1 and err.startswith("error: cannot write") and "\n" not in err.strip()
+    assert ds.head.seq == 1
+    assert ds.read("frames").height == 2
+    assert ds.revert(0).seq == 2  # the lake was left writable
 
 
 def test_installed_entry_point_runs(tmp_path: Path) -> None:
@@ -166,5 +206,7 @@ def test_diff_status_and_history_commands(uri: str) -> None:
         (3, "modified", "qa"),
     ]
     code, _, err = run("history", "cams", "--uri", uri)
-    assert code == 1
+    assert code == 2
     assert "--frame-id" in err
+    code, _, err = run("history", "cams", "--label-id", "never-was", "--uri", uri)
+    assert code == 3 and "'never-was' has never existed" in err

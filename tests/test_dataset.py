@@ -136,7 +136,7 @@ def test_transaction_spans_tables_and_frames_added_in_same_tx_count(ds: lv.Datas
     assert c is not None
     assert c.seq == 1
     assert set(c.counts) == {"frames", "labels", "inferences/yolo"}
-    assert c.pins == {"yolo": 0}
+    assert c.pins == {"yolo": 1}  # a new set is pinned to the commit that creates it
     assert ds.read("inferences/yolo").height == 4
     assert ds.inference_sets == ["yolo"]
 

@@ -39,7 +39,8 @@ def test_spark_reads_snapshot_versions_from_tag_table(local_lake: lv.Lake, spark
 
     # What a Spark job does with no lakever installed: read the tag table, then
     # each table at its recorded version.
-    tags = spark.read.format("delta").load(ds.tag_table_uri)  # type: ignore[attr-defined]
+    root = ds.root.uri
+    tags = spark.read.format("delta").load(f"{root}/snapshots")  # type: ignore[attr-defined]
     rows = (
         tags.filter("name = 'train-v1'")
         .selectExpr("explode(tables) AS t")
@@ -48,8 +49,8 @@ def test_spark_reads_snapshot_versions_from_tag_table(local_lake: lv.Lake, spark
     )
     where = {r["table"]: (r["uri"], r["version"]) for r in rows}
     assert set(where) == {"frames", "labels"}
-    uri, version = where["labels"]
-    spark_labels = spark.read.format("delta").option("versionAsOf", version).load(uri)  # type: ignore[attr-defined]
+    path, version = where["labels"]
+    spark_labels = spark.read.format("delta").option("versionAsOf", version).load(f"{root}/{path}")  # type: ignore[attr-defined]
     got = sorted(
         (r["label_id"], r["cls"]) for r in spark_labels.select("label_id", "cls").collect()
     )
@@ -69,8 +70,9 @@ def test_polars_alone_reads_a_snapshot(local_lake: lv.Lake) -> None:
     ds.add_frames(frames(range(3)))
     ds.create_snapshot("s")
     ds.add_frames(frames(range(3, 5)))
-    tags = pl.read_delta(ds.tag_table_uri)
+    root = ds.root.uri
+    tags = pl.read_delta(f"{root}/snapshots")
     t = tags.filter(pl.col("name") == "s").explode("tables").unnest("tables")
     row = t.filter(pl.col("table") == "frames").row(0, named=True)
-    assert pl.read_delta(row["uri"], version=row["version"]).height == 3
+    assert pl.read_delta(f"{root}/{row['uri']}", version=row["version"]).height == 3
     assert ds.read("frames").height == 5

@@ -35,19 +35,58 @@ Yes = Annotated[bool, typer.Option("--yes", "-y", help="Confirm a destructive op
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: Exit codes, by what went wrong (documented in the README).
+EXIT_ERROR = 1  # storage, corruption, anything else
+EXIT_INVALID = 2  # bad input: a value, a name, a ref, a batch
+EXIT_NOT_FOUND = 3  # no such lake, dataset, snapshot, commit, row; a version whose files are gone
+EXIT_CONFLICT = 4  # already exists, or concurrent writers kept winning
+EXIT_INTERRUPTED = 130
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for an error that reached the command line."""
+    conflicts = (
+        lv.ConflictError,
+        lv.DatasetExistsError,
+        lv.SnapshotExistsError,
+        lv.SnapshotsExistError,
+    )
+    if isinstance(exc, conflicts):
+        return EXIT_CONFLICT
+    if isinstance(exc, LookupError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, (ValueError, TypeError)):
+        return EXIT_INVALID
+    return EXIT_ERROR
+
+
 def _guard(fn: F) -> F:
-    """Turn lakever errors into one clear line on stderr and exit code 1."""
+    """Turn every error into one line on stderr (a JSON object on stdout with --json).
+
+    Tracebacks only with --verbose. The exit code tells the kind of failure.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (lv.LakeverError, ValueError, TypeError) as exc:
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            o.err.print("interrupted", markup=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
             if kwargs.get("verbose"):
                 raise
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            o.err.print(f"error: {first}", markup=False)
-            raise typer.Exit(1) from None
+            code = exit_code(exc)
+            text = str(exc) or type(exc).__name__
+            if kwargs.get("json_out"):
+                o.emit_json(
+                    {"error": {"type": type(exc).__name__, "message": text, "exit_code": code}}
+                )
+            else:
+                o.err.print(f"error: {text.splitlines()[0]}", markup=False)
+            raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -71,12 +110,18 @@ def datasets(
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
-    name_like: Annotated[str | None, typer.Option(help="Glob or substring of names.")] = None,
+    name_like: Annotated[
+        str | None, typer.Option(help="SQL LIKE pattern ('val%'), glob, or substring.")
+    ] = None,
     project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
     tag: Annotated[str | None, typer.Option(help="Only datasets with this tag.")] = None,
 ) -> None:
     """List the datasets in the lake."""
-    df = lv.connect(uri).list_datasets(name_like=name_like, project=project, tag=tag)
+    lake = lv.connect(uri)
+    df = lake.list_datasets(name_like=name_like, project=project, tag=tag)
+    if verbose:
+        for entry in lake.invalid_entries().iter_rows(named=True):
+            o.err.print(f"skipped {entry['name']!r}: {entry['reason']}", markup=False)
     if json_out:
         o.emit_json(df.to_dicts())
         return
@@ -155,6 +200,7 @@ def revert(
 ) -> None:
     """Make a new commit whose content equals REF (history is kept)."""
     ds = lv.connect(uri).dataset(dataset)
+    before = ds.head
     if discard_newer_snapshots:
         target = ds.resolve(ref)
         doomed = [s.name for s in ds.list_snapshots(changes=False) if s.commit_seq > target.seq]
@@ -167,7 +213,9 @@ def revert(
             raise typer.Exit(1)
     commit = ds.revert(ref, discard_newer_snapshots=discard_newer_snapshots, message=message)
     if json_out:
-        o.emit_json(commit.to_dict())
+        o.emit_json({**commit.to_dict(), "changed": commit.seq != before.seq})
+    elif commit.seq == before.seq:
+        o.out.print(f"HEAD already equals {ref}: nothing to revert (no commit made)", markup=False)
     else:
         o.out.print(f"reverted {dataset} to {ref}: commit {commit.seq} ({o.counts_text(commit)})")
 
@@ -268,7 +316,7 @@ def history(
 ) -> None:
     """Show every version of a frame (and its labels) or of a label."""
     if (frame_id is None) == (label_id is None):
-        raise ValueError("give exactly one of --frame-id or --label-id")
+        raise lv.InvalidInputError("give exactly one of --frame-id or --label-id")
     h = lv.connect(uri).dataset(dataset).history(frame_id=frame_id, label_id=label_id)
     if json_out:
         o.emit_json(h.to_dicts())
@@ -298,7 +346,7 @@ def _parse_meta(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"metadata must be KEY=VALUE, got {item!r}")
+            raise lv.InvalidInputError(f"metadata must be KEY=VALUE, got {item!r}")
         try:
             meta[key] = json.loads(value)
         except ValueError:
@@ -400,6 +448,52 @@ def snapshot_delete(
         o.emit_json({"deleted": name})
     else:
         o.out.print(f"deleted snapshot {name!r}")
+
+
+@app.command()
+@_guard
+def delete(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    force: Annotated[bool, typer.Option(help="Also delete its snapshots.")] = False,
+    yes: Yes = False,
+) -> None:
+    """Delete a dataset and all its data (needs --yes; finishes an interrupted deletion)."""
+    if not yes:
+        raise lv.InvalidInputError(f"deleting dataset {dataset!r} and all its data needs --yes")
+    lv.connect(uri).delete_dataset(dataset, force=force)
+    if json_out:
+        o.emit_json({"deleted": dataset})
+    else:
+        o.out.print(f"deleted dataset {dataset}", markup=False)
+
+
+@app.command()
+@_guard
+def repair(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    yes: Yes = False,
+) -> None:
+    """Report table versions whose files are gone; with --yes, make HEAD writable again."""
+    report = lv.connect(uri).dataset(dataset).repair(apply=yes)
+    if json_out:
+        o.emit_json(
+            {
+                "head_seq": report.head_seq,
+                "unreadable": report.unreadable.to_dicts(),
+                "applied": report.applied,
+                "commit": None if report.commit is None else report.commit.to_dict(),
+            }
+        )
+        return
+    o.out.print(report.describe(), markup=False)
+    if report.head_broken and not yes:
+        o.out.print(f"run `lakever repair {dataset} --yes` to apply", markup=False)
 
 
 def main() -> None:

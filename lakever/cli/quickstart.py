@@ -23,7 +23,7 @@ def _step(text: str, quiet: bool) -> Iterator[None]:
 
 
 def _free_name(lake: lv.Lake, name: str) -> str:
-    taken = set(lake.list_datasets()["name"].to_list())
+    taken = set(lake._names())  # anything under the name, debris included, makes it taken
     if name not in taken:
         return name
     n = 2

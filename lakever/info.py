@@ -1,0 +1,101 @@
+"""What a dataset is: its identity and description, fixed at creation.
+
+Stored as ``<dataset>/_lakever/dataset.json``, written once with
+put-if-absent, which makes creation of a name atomic.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from lakever.commits import now_utc
+
+#: Environment variable naming the author recorded on commits.
+ENV_AUTHOR = "LAKEVER_AUTHOR"
+
+
+def default_author() -> str:
+    """The author recorded when none is given: $LAKEVER_AUTHOR, else the OS user."""
+    env = os.environ.get(ENV_AUTHOR)
+    if env:
+        return env
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is: fixed at creation.
+
+    Attributes:
+        id: unique id of this incarnation of the name: a dataset deleted and
+            created again under the same name gets a new one (None for
+            datasets made before lakever recorded it).
+    """
+
+    name: str
+    project: str | None
+    description: str
+    tags: tuple[str, ...]
+    creator: str
+    created_at: datetime
+    classes: tuple[str, ...]
+    id: str | None = None
+
+    @classmethod
+    def new(
+        cls,
+        name: str,
+        *,
+        project: str | None,
+        description: str,
+        tags: tuple[str, ...],
+        creator: str,
+        classes: tuple[str, ...],
+    ) -> DatasetInfo:
+        """The info of a dataset about to be created, with a fresh id."""
+        return cls(name, project, description, tags, creator, now_utc(), classes, uuid.uuid4().hex)
+
+    @property
+    def identity(self) -> str:
+        """What tells this incarnation from any other of the same name."""
+        return self.id or self.created_at.isoformat()
+
+    def to_json(self) -> bytes:
+        """Serialise for dataset.json."""
+        return json.dumps(
+            {
+                "format": 1,
+                "id": self.id,
+                "name": self.name,
+                "project": self.project,
+                "description": self.description,
+                "tags": list(self.tags),
+                "creator": self.creator,
+                "created_at": self.created_at.isoformat(),
+                "classes": list(self.classes),
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> DatasetInfo:
+        """Parse dataset.json."""
+        d = json.loads(data)
+        return cls(
+            name=d["name"],
+            project=d.get("project"),
+            description=d.get("description", ""),
+            tags=tuple(d.get("tags", ())),
+            creator=d.get("creator", ""),
+            created_at=datetime.fromisoformat(d["created_at"]),
+            classes=tuple(d.get("classes", ())),
+            id=d.get("id"),
+        )
