@@ -26,11 +26,89 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
+def inject_fault(where: str, kind: str) -> None:
+    """Make one step of a commit fail the way a user saw it fail (fault tests only)."""
+    import errno
+
+    from lakever import _delta
+    from lakever.commits import CommitLog
+
+    def boom() -> None:
+        if kind == "interrupt":
+            raise KeyboardInterrupt
+        if kind == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise lv.StorageError("S3 said: 503 Slow Down")
+
+    if where == "publish" and kind == "interrupt":
+
+        def publish(self: CommitLog, commit: object) -> bool:
+            boom()
+            return False
+
+        CommitLog.publish = publish  # type: ignore[method-assign]
+    elif where == "publish":  # the store fails under the real put-if-absent
+        from lakever import storage
+
+        real_local = storage._local_put_if_absent
+
+        def local(path: str, data: bytes) -> bool:
+            if "/commits/" in path:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_local(path, data)
+
+        storage._local_put_if_absent = local
+        import s3fs
+
+        real_pipe = s3fs.S3FileSystem._pipe_file
+
+        async def pipe(self, path, data, **kw):  # type: ignore[no-untyped-def]
+            if "/commits/" in str(path):
+                raise OSError(errno.EIO, "503 Slow Down: please reduce your request rate")
+            return await real_pipe(self, path, data, **kw)
+
+        s3fs.S3FileSystem._pipe_file = pipe
+    elif where == "second-table":
+        real_append = _delta.append
+
+        def append(dt, rows, claim):  # type: ignore[no-untyped-def]
+            if "label_id" in rows.columns:
+                boom()
+            return real_append(dt, rows, claim)
+
+        _delta.append = append
+
+
+def fail_once(ds: lv.Dataset) -> int:
+    """Try one transaction that fails, report how, and stay alive (a notebook, a service)."""
+    try:
+        with ds.transaction(message="doomed") as tx:
+            tx.add_frames(frames(["doomed-1"]))
+            tx.upsert_labels(labels(["doomed-1"]))
+    except BaseException as exc:
+        say(f"FAILED {type(exc).__name__}")
+    else:
+        say("COMMITTED")
+    time.sleep(600)
+    return 0
+
+
 def main() -> int:
     mode, uri, name, writer, count = sys.argv[1:6]
     options = json.loads(os.environ.get("LAKEVER_TEST_OPTIONS", "{}"))
-    ds = lv.connect(uri, storage_options=options).dataset(name)
+    fault = os.environ.get("LAKEVER_TEST_FAULT", "")
+    if ":" in fault:
+        inject_fault(*fault.split(":", 1))  # before any storage object is made
+    lake = lv.connect(uri, storage_options=options)
+    if mode == "delete":
+        say("READY")
+        lake.delete_dataset(name, force=True)
+        say("DELETED")
+        return 0
+    ds = lake.dataset(name)
     say("READY")
+    if mode == "fail":
+        return fail_once(ds)
     if mode == "snapshot-race":
         go = Path(os.environ["LAKEVER_TEST_GO"])
         while not go.exists():
@@ -44,6 +122,14 @@ def main() -> int:
         return 0
     for i in range(int(count)):
         fids = [f"{writer}-{i:04d}-{k}" for k in range(3)]
+        if mode == "until-gone":
+            try:
+                c = ds.add_frames(frames(fids), message=f"{writer} {i}")
+            except lv.DatasetNotFoundError:
+                say("GONE")
+                return 0
+            say(f"ACK {c.seq} {c.id}")
+            continue
         with ds.transaction(message=f"{writer} commit {i}", author=writer) as tx:
             tx.add_frames(frames(fids))
             tx.upsert_labels(labels(fids, per_frame=2))
