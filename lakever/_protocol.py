@@ -143,9 +143,11 @@ class CommitRunner:
                     last_reason = str(exc)
                 except _delta.WriteConflict as exc:
                     last_reason = f"a concurrent writer took the next table version ({exc})"
-                except BaseException:
+                except BaseException as exc:
                     if not published:
                         self._undo(started, attempt)
+                    if isinstance(exc, StorageError):
+                        self._head()  # a dataset deleted under us says so, not "missing file"
                     raise
                 self._undo(started, attempt)
             if time.monotonic() > deadline:

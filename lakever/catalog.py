@@ -290,7 +290,8 @@ class Lake:
 
         Crash-safe and resumable: the deletion first publishes a commit that
         marks the dataset deleted (a writer racing it either committed before
-        or is refused), then removes ``dataset.json``, then everything else.
+        or is refused), then removes ``dataset.json``, the commit records
+        oldest first (the marking one last), then everything else.
         Killed at any point, calling it again finishes the job, and the name
         can then be created afresh.
 
@@ -320,6 +321,12 @@ class Lake:
                 )
             ds._runner.publish_tombstone(author=default_author())
         marker.remove()
+        # Commit records go oldest first, so the tombstone (the newest) is the
+        # last of them: a stale handle finds it until no record is left.
+        records = root.child("_lakever", "commits")
+        names = [n for n in records.list_names() if n.endswith(".json")]
+        records.remove_many([records.child(n) for n in names[:-1]])
+        records.remove_many([records.child(n) for n in names[-1:]])
         root.remove_tree()
         _delta.forget(root.uri)
 

@@ -256,6 +256,17 @@ class Location:
             result[key] = data
         return result
 
+    def remove_many(self, locations: list[Location]) -> None:
+        """Delete several objects (in batches on S3); missing ones are skipped."""
+        if not locations:
+            return
+        try:
+            self.fs.rm([loc.path for loc in locations])
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise storage_error("delete objects under", self.uri, exc) from exc
+
     def remove_tree(self) -> None:
         """Delete everything at and below this location."""
         try:
