@@ -24,6 +24,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
+from lakever._claims import META_SEQ
 from lakever.errors import LakeverError, StorageError, VersionUnavailableError
 from lakever.storage import Location
 
@@ -432,3 +433,28 @@ def check_available_once(loc: Location, version: int, *, table: str) -> None:
 def sql_literal(value: str) -> str:
     """Quote a string for a Delta SQL predicate."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def newest_row_changing(infos: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest commit info (of those given, newest first) that may have changed rows."""
+    for info in infos:
+        outside = META_SEQ not in info and META_RESTORED_TO not in info
+        if outside and info.get("operation") in ROW_PRESERVING_OPERATIONS:
+            continue
+        return info
+    return None
+
+
+def same_rows_later(loc: Location, version: int) -> int | None:
+    """The latest version, if only row-preserving maintenance (or a restore) followed `version`.
+
+    Such a version holds exactly the rows of `version`, in files that an
+    outside VACUUM kept; None if rows may have changed since.
+    """
+    dt = open_latest(loc)
+    if dt is None or dt.version() <= version:
+        return None
+    relevant = newest_row_changing(commit_infos(dt, dt.version() - version))
+    if relevant is None or relevant.get(META_RESTORED_TO) == str(version):
+        return dt.version()
+    return None

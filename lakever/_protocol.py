@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import polars as pl
 from deltalake import DeltaTable
@@ -228,7 +227,7 @@ class CommitRunner:
                 f"table {loc.uri} is at version {latest}, behind the {base} that commit "
                 f"{head.seq} records: the lake was modified outside lakever"
             )
-        relevant = _newest_row_changing(_delta.commit_infos(dt, latest - base))
+        relevant = _delta.newest_row_changing(_delta.commit_infos(dt, latest - base))
         if relevant is None or relevant.get(_delta.META_RESTORED_TO) == str(base):
             # Content already equals HEAD's: orphans were neutralised, or only
             # maintenance ran since. Writing on top is safe even if a neutraliser
@@ -336,16 +335,6 @@ DELETE_OPERATION = "delete"
 
 def _new_id() -> str:
     return uuid.uuid4().hex
-
-
-def _newest_row_changing(infos: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The newest commit info (of those given, newest first) that may have changed rows."""
-    for info in infos:
-        outside = _claims.META_SEQ not in info and _delta.META_RESTORED_TO not in info
-        if outside and info.get("operation") in _delta.ROW_PRESERVING_OPERATIONS:
-            continue
-        return info
-    return None
 
 
 def _count(

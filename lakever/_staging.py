@@ -17,7 +17,7 @@ import polars as pl
 
 from lakever import _delta
 from lakever.commits import ChangeCounts, Commit
-from lakever.errors import RowError, RowNotFoundError, ValidationError
+from lakever.errors import RowError, RowNotFoundError, ValidationError, VersionUnavailableError
 from lakever.schema import key_column, prepare_rows, table_kind
 from lakever.storage import Location
 
@@ -92,8 +92,16 @@ class Stage:
         if v is None or values.is_empty():
             return pl.DataFrame(schema=self.schema(table))
         loc = self._loc(table)
-        query = _delta.scan(loc, v).filter(pl.col(column).is_in(values.unique().implode()))
-        return _delta.collect(loc, v, query, table=table)
+        wanted = pl.col(column).is_in(values.unique().implode())
+        try:
+            return _delta.collect(loc, v, _delta.scan(loc, v).filter(wanted), table=table)
+        except VersionUnavailableError:
+            # An outside OPTIMIZE + forced VACUUM took the files, not the rows:
+            # read the same rows from the version that holds them now.
+            later = _delta.same_rows_later(loc, v)
+            if later is None:
+                raise
+            return _delta.collect(loc, later, _delta.scan(loc, later).filter(wanted), table=table)
 
     def base_rows(self, table: str, keys: pl.Series) -> pl.DataFrame:
         """Base rows of the given keys (fetched once, then cached)."""

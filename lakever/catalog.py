@@ -324,9 +324,9 @@ class Lake:
         # Commit records go oldest first, so the tombstone (the newest) is the
         # last of them: a stale handle finds it until no record is left.
         records = root.child("_lakever", "commits")
-        names = [n for n in records.list_names() if n.endswith(".json")]
-        records.remove_many([records.child(n) for n in names[:-1]])
-        records.remove_many([records.child(n) for n in names[-1:]])
+        done = [n for n in records.list_names() if n.endswith(".json")]
+        records.remove_many([records.child(n) for n in done[:-1]])
+        records.remove_many([records.child(n) for n in done[-1:]])
         root.remove_tree()
         _delta.forget(root.uri)
 

@@ -136,7 +136,14 @@ def repair(ds: Dataset, *, apply: bool, author: str | None = None) -> RepairRepo
     def op(st: Stage) -> None:
         for table, version in sorted(st.head.table_versions.items()):
             missing, lost = seen.get((table, version)) or _inspect_one(ds, table, version)
-            if missing:
+            if not missing:
+                continue
+            later = _delta.same_rows_later(ds.table_location(table), version)
+            if later is not None:  # maintenance moved the rows: nothing is lost
+                loc = ds.table_location(table)
+                rows_kept = _delta.collect(loc, later, _delta.scan(loc, later), table=table)
+                st.replace_table(table, rows_kept, ChangeCounts())
+            else:
                 rows_kept = _surviving_rows(ds, table, version)
                 st.replace_table(table, rows_kept, ChangeCounts(deleted=lost))
 
