@@ -136,7 +136,7 @@ class Location:
             data: bytes = self.fs.cat_file(self.path)
         except FileNotFoundError:
             raise
-        except IsADirectoryError:
+        except (IsADirectoryError, NotADirectoryError):
             raise FileNotFoundError(self.uri) from None
         except Exception as exc:
             raise storage_error("read", self.uri, exc) from exc

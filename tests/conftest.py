@@ -11,6 +11,7 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -42,17 +43,22 @@ def s3_server() -> Iterator[S3Server]:
     server.stop()
 
 
-@pytest.fixture
-def s3_bucket(s3_server: S3Server) -> str:
-    name = f"lakever-test-{os.getpid()}-{next(_bucket_ids)}"
-    client = boto3.client(
+@pytest.fixture(scope="session")
+def s3_client(s3_server: S3Server) -> Any:
+    # Made once: building a boto3 client costs about a second.
+    return boto3.client(
         "s3",
         endpoint_url=s3_server.endpoint,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
         region_name="us-east-1",
     )
-    client.create_bucket(Bucket=name)
+
+
+@pytest.fixture
+def s3_bucket(s3_client: Any) -> str:
+    name = f"lakever-test-{os.getpid()}-{next(_bucket_ids)}"
+    s3_client.create_bucket(Bucket=name)
     return name
 
 

@@ -215,6 +215,7 @@ def run_scenario(lake: lv.Lake, data: st.DataObject, steps: int) -> None:
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data())
+@pytest.mark.slow
 def test_random_edits_local(local_lake: lv.Lake, data: st.DataObject) -> None:
     run_scenario(local_lake, data, steps=8)
 

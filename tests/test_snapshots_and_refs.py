@@ -103,6 +103,7 @@ def test_view_reads_its_version_and_refuses_writes(ds: lv.Dataset) -> None:
     assert ds.head.seq == 3
 
 
+@pytest.mark.slow
 def test_snapshot_never_changes(ds: lv.Dataset) -> None:
     ds.create_snapshot("frozen")
     before = content_hash(ds.at("frozen"))

@@ -1,0 +1,173 @@
+"""Refs belong to their dataset, a portable lake, listing, errors and small no-ops."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+import lakever as lv
+from lakever import _delta
+from tests.helpers import CLASSES, content_hash, frames, labels
+
+
+@pytest.fixture
+def two(local_lake: lv.Lake) -> tuple[lv.Dataset, lv.Dataset]:
+    a = local_lake.create_dataset("a", classes=CLASSES)
+    b = local_lake.create_dataset("b", classes=CLASSES)
+    a.add_frames(frames(range(2)))
+    b.add_frames(frames(range(5)))
+    b.add_frames(frames(range(5, 6)))
+    return a, b
+
+
+def test_refs_of_another_dataset_are_refused(two: tuple[lv.Dataset, lv.Dataset]) -> None:
+    a, b = two
+    snap = b.create_snapshot("x")
+    before = a.head
+    for ref in (b.head, snap, b.at(1)):
+        with pytest.raises(lv.InvalidRefError, match="not part of dataset 'a'"):
+            a.revert(ref)  # type: ignore[arg-type]
+        with pytest.raises(lv.InvalidRefError):
+            a.at(ref)  # type: ignore[arg-type]
+        with pytest.raises(lv.InvalidRefError):
+            a.create_snapshot("y", ref=ref)  # type: ignore[arg-type]
+    assert a.head == before and a.list_snapshots() == []
+    assert a.at(a.at(1)).commit == a.head  # its own view is fine
+
+
+def test_numpy_seqs_odd_digits_and_local_naive_times(
+    two: tuple[lv.Dataset, lv.Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, b = two
+    assert b.at(np.int64(1)).commit.seq == 1
+    with pytest.raises(lv.InvalidRefError):
+        b.at("²")
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9: a naive time read as UTC would miss
+    time.tzset()
+    try:
+        local = b.log()[1].created_at.astimezone().replace(tzinfo=None)
+        assert b.resolve(local).seq == 1
+        assert b.resolve(local.isoformat()).seq == 1
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_moved_lake_reads_through_the_recipe(tmp_path: Path) -> None:
+    lake = lv.connect(tmp_path / "old")
+    ds = lake.create_dataset("street", classes=CLASSES)
+    ds.add_frames(frames(range(3)))
+    ds.create_snapshot("train-v1")
+    ds.add_frames(frames(range(3, 5)))
+    expected = content_hash(ds.at("train-v1"))
+    shutil.move(tmp_path / "old", tmp_path / "new")
+    root = str(tmp_path / "new" / "datasets" / "street")
+    # the README recipe, verbatim in spirit
+    tags = pl.read_delta(f"{root}/snapshots").filter(pl.col("name") == "train-v1")
+    t = tags.explode("tables").unnest("tables").filter(pl.col("table") == "frames")
+    row = t.row(0, named=True)
+    got = pl.scan_delta(f"{root}/{row['uri']}", version=row["version"]).collect()
+    assert sorted(got["frame_id"]) == ["f00000", "f00001", "f00002"]
+    moved = lv.connect(tmp_path / "new").dataset("street")
+    assert content_hash(moved.at("train-v1")) == expected
+
+
+def test_listing_skips_what_is_not_a_dataset(local_lake: lv.Lake) -> None:
+    local_lake.create_dataset("Validation-1", classes=CLASSES)
+    local_lake.create_dataset("Validation-2", classes=CLASSES)
+    local_lake.create_dataset("cam01", classes=CLASSES)
+    base = Path(local_lake.uri, "datasets")
+    (base / ".DS_Store").write_bytes(b"\0")
+    (base / "notes.txt").write_text("hello")
+    (base / "half" / "_lakever").mkdir(parents=True)
+    assert local_lake.list_datasets()["name"].to_list() == ["Validation-1", "Validation-2", "cam01"]
+    skipped = set(local_lake.invalid_entries()["name"])
+    assert skipped == {".DS_Store", "notes.txt", "half"}
+    assert local_lake.list_datasets(name_like="Validation%").height == 2
+    assert local_lake.list_datasets(name_like="cam__")["name"].to_list() == ["cam01"]
+    assert local_lake.list_datasets(name_like="cam_").height == 0  # LIKE matches whole names
+
+
+def test_missing_lake_is_an_error_for_reads(tmp_path: Path) -> None:
+    with pytest.raises(lv.LakeNotFoundError, match="no lake at"):
+        lv.connect(tmp_path / "nowhere").list_datasets()
+    with pytest.raises(lv.LakeNotFoundError):
+        lv.connect(tmp_path / "nowhere").dataset("x")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_bad_arguments_are_lakever_errors_and_write_nothing(local_lake: lv.Lake) -> None:
+    with pytest.raises(lv.InvalidInputError, match="'car'"):
+        local_lake.create_dataset("d", classes="car")
+    assert not Path(local_lake.uri, "datasets", "d").exists()
+    ds = local_lake.create_dataset("d", classes=CLASSES)
+    for batch in (42, "f1", [1, 2], object()):
+        with pytest.raises(lv.InvalidInputError):
+            ds.add_frames(batch)
+    with pytest.raises(lv.InvalidInputError):
+        ds.log(limit=-1)
+    assert ds.head.seq == 0
+
+
+def test_no_credentials_is_a_storage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(lv.StorageError):
+        lv.connect("s3://bucket/lake").list_datasets()
+
+
+def test_empty_batches_limits_and_equal_reverts_are_no_ops(lake: lv.Lake) -> None:
+    ds = lake.create_dataset("noop", classes=CLASSES)
+    head = ds.head
+    assert ds.add_frames([]) == head
+    assert ds.upsert_labels(pl.DataFrame()) == head
+    assert ds.delete_frames([]) == head
+    assert ds.log(limit=0) == []
+    ds.add_frames(frames(range(2)))
+    ds.create_snapshot("train-v1")
+    ds.add_frames(frames(range(2, 3)))
+    ds.delete_frames(["f00002"])  # content equals train-v1 again, new Delta versions
+    head = ds.head
+    assert ds.revert("train-v1") == head  # no commit, no new versions
+    assert ds.head == head
+
+
+def test_inference_rows_are_checked_against_the_pin(local_lake: lv.Lake) -> None:
+    ds = local_lake.create_dataset("pins", classes=CLASSES)
+    ds.add_frames(frames(range(3)))
+    ds.create_snapshot("eval")
+    preds = labels(["f00000", "f00001"], per_frame=1).with_columns(confidence=pl.lit(0.5))
+    ds.upsert_inferences("m", preds, pinned_to="eval")
+    ds.delete_frames(["f00001"])  # the pinned predictions stay
+    assert ds.read("inferences/m").height == 2
+    more = labels(["f00001"], per_frame=1, start=7).with_columns(confidence=pl.lit(0.4))
+    ds.upsert_inferences("m", more)  # f00001 exists at the pin, though not at HEAD
+    assert ds.read("inferences/m").height == 3
+    with pytest.raises(lv.ValidationError) as info:
+        ds.upsert_inferences("m2", more)  # a new set is pinned to now: f00001 is gone
+    assert info.value.rules == {"missing_frame"}
+
+
+def test_table_cache_is_keyed_by_credentials(local_lake: lv.Lake) -> None:
+    ds = local_lake.create_dataset("c", classes=CLASSES)
+    loc = ds.table_location("frames")
+    other = lv.connect(local_lake.uri, storage_options={"AWS_ACCESS_KEY_ID": "someone-else"})
+    loc2 = other.dataset("c").table_location("frames")
+    assert loc.uri == loc2.uri and loc.fingerprint != loc2.fingerprint
+    assert _delta.table_at(loc, 0) is not _delta.table_at(loc2, 0)
+    assert "someone-else" not in loc2.fingerprint
+
+
+def test_naive_datetime_of_commit_resolves_like_python(two: tuple[lv.Dataset, lv.Dataset]) -> None:
+    _, b = two
+    assert b.resolve(datetime.now()).seq == b.head.seq
+    assert os.environ.get("TZ") is None
