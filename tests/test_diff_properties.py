@@ -211,11 +211,11 @@ def run_scenario(lake: lv.Lake, data: st.DataObject, steps: int) -> None:
                     assert json.loads(current)[key] == k
 
 
+@pytest.mark.slow
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data())
-@pytest.mark.slow
 def test_random_edits_local(local_lake: lv.Lake, data: st.DataObject) -> None:
     run_scenario(local_lake, data, steps=8)
 
