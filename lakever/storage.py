@@ -231,8 +231,16 @@ class Location:
         try:
             if self.is_local:
                 return os.path.isdir(self.path)
+            try:
+                if self.fs.ls(self.path, detail=False):
+                    return True  # something is there: read-only credentials need no more
+            except FileNotFoundError:
+                pass
             bucket = self.path.split("/", 1)[0]
-            self.fs.info(bucket)  # unlike exists(), raises when the store is unreachable
+            try:
+                self.fs.info(bucket)  # unlike exists(), raises when the store is unreachable
+            except PermissionError:
+                return True  # the bucket exists; these credentials may not ask about it
             return True
         except FileNotFoundError:
             return False

@@ -55,7 +55,7 @@ def test_recreated_name_starts_fresh_and_stale_handle_stays_refused(lake: lv.Lak
     assert new.read("frames")["frame_id"].to_list() == ["f00010"]
 
 
-@pytest.mark.parametrize("cut", [0.0, 0.3, 0.6, 0.9])
+@pytest.mark.parametrize("cut", [0.3, 0.9])
 def test_interrupted_deletion_is_finished_by_deleting_again(lake: lv.Lake, cut: float) -> None:
     ds = lake.create_dataset("half", classes=CLASSES)
     for i in range(4):
