@@ -210,3 +210,40 @@ def test_diff_status_and_history_commands(uri: str) -> None:
     assert "--frame-id" in err
     code, _, err = run("history", "cams", "--label-id", "never-was", "--uri", uri)
     assert code == 3 and "'never-was' has never existed" in err
+
+
+def test_repair_delete_and_verbose_listing(uri: str) -> None:
+    ds = lv.connect(uri).create_dataset("cams", classes=CLASSES)
+    ds.add_frames(frames(range(3)))
+    ds.create_snapshot("v1")
+    code, out, _ = run("repair", "cams", "--uri", uri)
+    assert code == 0 and "nothing to repair" in out
+    code, out, _ = run("revert", "cams", "v1", "--uri", uri)
+    assert code == 0 and "HEAD already equals v1" in out
+    Path(uri, "datasets", "notes.txt").write_text("x")
+    code, out, err = run("datasets", "--uri", uri, "--verbose")
+    assert code == 0 and "cams" in out and "skipped 'notes.txt'" in err
+    code, _, err = run("delete", "cams", "--uri", uri)
+    assert code == 2 and "--yes" in err
+    code, _, err = run("delete", "cams", "--uri", uri, "--yes")
+    assert code == 4 and "snapshot" in err  # refuses to drop snapshots silently
+    code, out, _ = run("delete", "cams", "--uri", uri, "--yes", "--force", "--json")
+    assert code == 0 and json.loads(out) == {"deleted": "cams"}
+    code, _, err = run("log", "cams", "--uri", uri)
+    assert code == 3 and "no dataset named 'cams'" in err
+
+
+def test_repair_command_reports_and_fixes_lost_files(uri: str) -> None:
+    ds = lv.connect(uri).create_dataset("cams", classes=CLASSES)
+    ds.add_frames(frames(range(3)))
+    for f in Path(uri, "datasets", "cams", "frames").glob("*.parquet"):
+        f.unlink()  # files lost by hand
+    code, out, _ = run("repair", "cams", "--uri", uri)
+    assert code == 0 and "lost 1 file(s), 3 row(s)" in out and "--yes" in out
+    code, out, _ = run("repair", "cams", "--uri", uri, "--yes", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["commit"]["operation"] == "repair"
+    assert report["commit"]["counts"]["frames"]["deleted"] == 3
+    assert ds.read("frames").height == 0
+    assert ds.add_frames(frames(range(1))).seq == 3

@@ -171,3 +171,30 @@ def test_naive_datetime_of_commit_resolves_like_python(two: tuple[lv.Dataset, lv
     _, b = two
     assert b.resolve(datetime.now()).seq == b.head.seq
     assert os.environ.get("TZ") is None
+
+
+def test_missing_bucket_is_an_error_for_reads(s3_server: object) -> None:
+    options = s3_server.storage_options()  # type: ignore[attr-defined]
+    with pytest.raises(lv.LakeNotFoundError, match="bucket does not exist"):
+        lv.connect("s3://no-such-bucket-here/lake", storage_options=options).list_datasets()
+
+
+def test_tag_rows_with_absolute_uris_keep_reading(local_lake: lv.Lake) -> None:
+    ds = local_lake.create_dataset("old", classes=CLASSES)
+    ds.add_frames(frames(range(2)))
+    ds.create_snapshot("new-style")
+    row = ds.snapshots_frame().with_columns(
+        pl.lit("old-style").alias("name"),
+        pl.col("tables").list.eval(
+            pl.struct(
+                pl.element().struct.field("table"),
+                (pl.lit(ds.root.uri + "/") + pl.element().struct.field("uri")).alias("uri"),
+                pl.element().struct.field("version"),
+            )
+        ),
+    )
+    from deltalake import write_deltalake
+
+    write_deltalake(ds.tag_table_uri, row.to_arrow(), mode="append")  # as lakever 0.1 wrote
+    assert ds.at("old-style").read("frames").height == 2
+    assert [s.name for s in ds.list_snapshots()] == ["new-style", "old-style"]
