@@ -238,26 +238,28 @@ class Stage:
         self._deletes.setdefault(table, set()).update(existing)
         return existing
 
-    def require_frames(self, table: str, rows: pl.DataFrame, *, at_seq: int | None = None) -> None:
+    def require_frames(self, table: str, rows: pl.DataFrame, *, pinned: int | None = None) -> None:
         """Refuse rows whose frame does not exist.
 
         Args:
             table: the table the rows are for (for messages).
             rows: rows with a frame_id column.
-            at_seq: check against the frames of this earlier commit instead of
-                the state this commit lands on (inference sets: their pin).
+            pinned: for inference sets, the seq they are pinned to: a frame that
+                existed there counts too, even if deleted since.
         """
         frame_ids = rows["frame_id"].unique()
+        present = self.existing_keys("frames", frame_ids)
+        absent = frame_ids.filter(~frame_ids.is_in(present.implode()))
         where = "in the frames table"
-        if at_seq is None or at_seq > self.head.seq or self._commit_at is None:
-            present = self.existing_keys("frames", frame_ids)
-        else:
-            commit = self._commit_at(at_seq)
-            loc = self._loc("frames")
-            version = commit.table_versions["frames"]
-            query = _delta.scan(loc, version).filter(pl.col("frame_id").is_in(frame_ids.implode()))
-            present = _delta.collect(loc, version, query, table="frames")["frame_id"]
-            where = f"at commit {at_seq}, the version this inference set is pinned to"
+        if pinned is not None and not absent.is_empty():
+            where = f"now or at commit {pinned}, the version this inference set is pinned to"
+            if pinned <= self.head.seq and self._commit_at is not None:
+                commit = self._commit_at(pinned)
+                loc = self._loc("frames")
+                version = commit.table_versions["frames"]
+                query = _delta.scan(loc, version).filter(pl.col("frame_id").is_in(absent.implode()))
+                found = _delta.collect(loc, version, query, table="frames")["frame_id"]
+                present = pl.concat([present, found])
         bad = rows.filter(~pl.col("frame_id").is_in(present.implode()))
         if not bad.is_empty():
             key = key_column(table_kind(table))

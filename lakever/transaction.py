@@ -206,9 +206,10 @@ class Transaction:
         """Create or update predictions in an inference set (created on first write).
 
         An inference set is pinned to the dataset version its predictions were
-        made against, and its rows are checked against that version: each row's
-        frame must exist there. Deleting frames later leaves pinned predictions
-        alone.
+        made against. Each row's frame must exist at that version or in the
+        dataset as this commit leaves it, so predictions on frames deleted
+        since the pin stay valid, and deleting frames leaves pinned
+        predictions alone.
 
         Args:
             set_name: the inference set.
@@ -227,7 +228,7 @@ class Transaction:
                 st.pins[set_name] = pin
             else:
                 st.pins.setdefault(set_name, st.head.seq + 1)
-            st.require_frames(table, rows, at_seq=st.pins[set_name])
+            st.require_frames(table, rows, pinned=st.pins[set_name])
             st.put(table, rows)
 
         self._add(f"upsert {df.height} inferences into {set_name}", op, rows=df.height)

@@ -155,6 +155,13 @@ def test_inference_rows_are_checked_against_the_pin(local_lake: lv.Lake) -> None
     with pytest.raises(lv.ValidationError) as info:
         ds.upsert_inferences("m2", more)  # a new set is pinned to now: f00001 is gone
     assert info.value.rules == {"missing_frame"}
+    ds.add_frames(frames(range(3, 4)))
+    newer = labels(["f00003"], per_frame=1).with_columns(confidence=pl.lit(0.3))
+    ds.upsert_inferences("m", newer)  # frames added since the pin count too
+    never = labels(["nope"], per_frame=1).with_columns(confidence=pl.lit(0.3))
+    with pytest.raises(lv.ValidationError, match="pinned to"):
+        ds.upsert_inferences("m", never)
+    assert ds.snapshot("eval").commit_seq == ds.head.pins["m"]  # the pin never moved
 
 
 def test_table_cache_is_keyed_by_credentials(local_lake: lv.Lake) -> None:
