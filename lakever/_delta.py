@@ -17,7 +17,7 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -210,26 +210,27 @@ def commit_infos(dt: DeltaTable, count: int) -> list[dict[str, Any]]:
 
 def append(dt: DeltaTable, rows: pl.DataFrame, claim: Mapping[str, str]) -> int:
     """Append rows as the next version; return that version."""
-    with boundary("append to", dt.table_uri):
-        write_deltalake(
-            dt,
-            rows.to_arrow(),
-            mode="append",
-            schema_mode="merge",
-            target_file_size=TARGET_FILE_SIZE,
-            writer_properties=_WRITER,
-            commit_properties=_props(claim),
-        )
-    return dt.version()
+    return _write(dt, rows, claim, mode="append")
 
 
 def overwrite(dt: DeltaTable, rows: pl.DataFrame, claim: Mapping[str, str]) -> int:
     """Replace the whole content of the table with `rows` as the next version."""
-    with boundary("overwrite", dt.table_uri):
+    return _write(dt, rows, claim, mode="overwrite")
+
+
+def _write(
+    dt: DeltaTable,
+    rows: pl.DataFrame,
+    claim: Mapping[str, str],
+    *,
+    mode: Literal["append", "overwrite"],
+) -> int:
+    with boundary(f"{mode} to", dt.table_uri):
         write_deltalake(
             dt,
             rows.to_arrow(),
-            mode="overwrite",
+            mode=mode,
+            schema_mode="merge" if mode == "append" else None,
             target_file_size=TARGET_FILE_SIZE,
             writer_properties=_WRITER,
             commit_properties=_props(claim),

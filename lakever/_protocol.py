@@ -19,7 +19,6 @@ import functools
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from deltalake import DeltaTable
 
 from lakever import _claims, _delta
 from lakever._staging import OP_COLUMN, Stage, TableChange
-from lakever.commits import ChangeCounts, Commit, CommitLog, now_utc
+from lakever.commits import ChangeCounts, Commit, CommitLog
 from lakever.errors import ConflictError, StorageError
 from lakever.schema import empty_schema, table_kind
 from lakever.storage import Location
@@ -119,11 +118,7 @@ class CommitRunner:
                             versions.pop(change.table, None)
                             continue
                         versions[change.table] = self._write(change, head, attempt, started)
-                    commit = Commit(
-                        id=_new_id(),
-                        seq=head.seq + 1,
-                        parent=head.id,
-                        created_at=max(now_utc(), head.created_at),
+                    commit = head.child(
                         author=author,
                         message=message,
                         operation=operation,
@@ -131,7 +126,6 @@ class CommitRunner:
                         counts={c.table: c.counts for c in changes},
                         classes=new_classes,
                         pins=stage.pins,
-                        dataset_id=head.dataset_id,
                     )
                     published = self._log.publish(commit)
                     if published:
@@ -170,19 +164,7 @@ class CommitRunner:
             head = self._log.head()
             if head is None or head.operation == DELETE_OPERATION:
                 return head  # no commit yet (an interrupted creation), or marked already
-            tomb = Commit(
-                id=_new_id(),
-                seq=head.seq + 1,
-                parent=head.id,
-                created_at=max(now_utc(), head.created_at),
-                author=author,
-                message="delete dataset",
-                operation=DELETE_OPERATION,
-                table_versions=dict(head.table_versions),
-                classes=head.classes,
-                pins=dict(head.pins),
-                dataset_id=head.dataset_id,
-            )
+            tomb = head.child(author=author, message="delete dataset", operation=DELETE_OPERATION)
             if self._log.publish(tomb):
                 return tomb
             if time.monotonic() > deadline:
@@ -331,10 +313,6 @@ class CommitRunner:
 
 #: The operation of the commit that marks a dataset deleted.
 DELETE_OPERATION = "delete"
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
 
 
 def _count(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -82,6 +83,33 @@ class Commit:
     classes: tuple[str, ...] = ()
     pins: Mapping[str, int] = field(default_factory=dict)
     dataset_id: str | None = None
+
+    def child(
+        self,
+        *,
+        author: str,
+        message: str,
+        operation: str,
+        table_versions: Mapping[str, int] | None = None,
+        counts: Mapping[str, ChangeCounts] | None = None,
+        classes: tuple[str, ...] | None = None,
+        pins: Mapping[str, int] | None = None,
+    ) -> Commit:
+        """The next commit on top of this one; unnamed fields carry over."""
+        return Commit(
+            id=uuid.uuid4().hex,
+            seq=self.seq + 1,
+            parent=self.id,
+            created_at=max(now_utc(), self.created_at),
+            author=author,
+            message=message,
+            operation=operation,
+            table_versions=dict(self.table_versions if table_versions is None else table_versions),
+            counts=dict(counts or {}),
+            classes=self.classes if classes is None else classes,
+            pins=dict(self.pins if pins is None else pins),
+            dataset_id=self.dataset_id,
+        )
 
     @property
     def tables(self) -> list[str]:
