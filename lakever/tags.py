@@ -192,14 +192,7 @@ class TagTable:
         )
 
         def attempt(dt: DeltaTable) -> None:
-            taken = (
-                _delta.scan(self.location, dt.version())
-                .filter(pl.col("name") == name)
-                .select(pl.len())
-                .collect()
-                .item()
-            )
-            if taken:
+            if name in self._names_at(dt.version(), [name]):
                 raise SnapshotExistsError(
                     f"a snapshot named {name!r} already exists; pick another name or "
                     "delete the old snapshot first"
@@ -215,13 +208,7 @@ class TagTable:
             return
 
         def attempt(dt: DeltaTable) -> None:
-            present = set(
-                _delta.scan(self.location, dt.version())
-                .filter(pl.col("name").is_in(names))
-                .select("name")
-                .collect()["name"]
-                .to_list()
-            )
+            present = self._names_at(dt.version(), names)
             missing = [n for n in names if n not in present]
             if missing:
                 raise self.not_found(missing[0])
@@ -229,6 +216,12 @@ class TagTable:
             _delta.delete_rows(dt, predicate, {"lakever.snapshot_delete": ",".join(names)})
 
         self._exact(attempt)
+
+    def _names_at(self, version: int, names: list[str]) -> set[str]:
+        """Which of `names` name a snapshot at this version of the tag table."""
+        query = _delta.scan(self.location, version).filter(pl.col("name").is_in(names))
+        rows = _delta.collect(self.location, version, query.select("name"), table="snapshots")
+        return set(rows["name"].to_list())
 
     def _exact(self, attempt: Any) -> None:
         delay = 0.01
