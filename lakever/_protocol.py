@@ -28,7 +28,7 @@ from deltalake import DeltaTable
 from lakever import _claims, _delta
 from lakever._staging import OP_COLUMN, Stage, TableChange
 from lakever.commits import ChangeCounts, Commit, CommitLog
-from lakever.errors import ConflictError, StorageError
+from lakever.errors import ConflictError, StorageError, VersionUnavailableError
 from lakever.schema import empty_schema, table_kind
 from lakever.storage import Location
 
@@ -102,9 +102,13 @@ class CommitRunner:
             attempts += 1
             head = self._head()
             stage = Stage(head, self._loc, self._log.get)
-            for op in operations:
-                op(stage)
-            changes = stage.changes(functools.partial(_count, count_restore, head))
+            try:
+                for op in operations:
+                    op(stage)
+                changes = stage.changes(functools.partial(_count, count_restore, head))
+            except (StorageError, VersionUnavailableError):
+                self._head()  # a dataset deleted under us says so, not "missing file"
+                raise
             new_classes = stage.classes
             if not changes and new_classes == head.classes and stage.pins == dict(head.pins):
                 return head
@@ -139,7 +143,7 @@ class CommitRunner:
                 except BaseException as exc:
                     if not published:
                         self._undo(started, attempt)
-                    if isinstance(exc, StorageError):
+                    if isinstance(exc, (StorageError, VersionUnavailableError)):
                         self._head()  # a dataset deleted under us says so, not "missing file"
                     raise
                 self._undo(started, attempt)
