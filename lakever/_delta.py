@@ -446,6 +446,20 @@ def newest_row_changing(infos: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+def newest_row_changing_since(dt: DeltaTable, base: int) -> dict[str, Any] | None:
+    """`newest_row_changing` over the versions after `base`, reading as few as it can.
+
+    The newest version alone settles it in the common case (an orphan, a
+    claim, a neutralising restore); only outside maintenance makes it look
+    further back.
+    """
+    gap = dt.version() - base
+    found = newest_row_changing(commit_infos(dt, 1))
+    if found is not None or gap <= 1:
+        return found
+    return newest_row_changing(commit_infos(dt, gap))
+
+
 def same_rows_later(loc: Location, version: int) -> int | None:
     """The latest version, if only row-preserving maintenance (or a restore) followed `version`.
 
@@ -455,7 +469,7 @@ def same_rows_later(loc: Location, version: int) -> int | None:
     dt = open_latest(loc)
     if dt is None or dt.version() <= version:
         return None
-    relevant = newest_row_changing(commit_infos(dt, dt.version() - version))
+    relevant = newest_row_changing_since(dt, version)
     if relevant is None or relevant.get(META_RESTORED_TO) == str(version):
         return dt.version()
     return None

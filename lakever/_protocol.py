@@ -51,6 +51,7 @@ class _Started:
     table: str
     location: Location
     base: int
+    written: int | None = None  # the newest version this attempt wrote there
 
 
 class CommitRunner:
@@ -213,7 +214,7 @@ class CommitRunner:
                 f"table {loc.uri} is at version {latest}, behind the {base} that commit "
                 f"{head.seq} records: the lake was modified outside lakever"
             )
-        relevant = _delta.newest_row_changing(_delta.commit_infos(dt, latest - base))
+        relevant = _delta.newest_row_changing_since(dt, base)
         if relevant is None or relevant.get(_delta.META_RESTORED_TO) == str(base):
             # Content already equals HEAD's: orphans were neutralised, or only
             # maintenance ran since. Writing on top is safe even if a neutraliser
@@ -258,17 +259,22 @@ class CommitRunner:
             started.append(entry)
             try:
                 dt = _delta.open_at(loc, recorded)
-                return self._apply(dt, change, claim, loc)
+                return self._apply(dt, change, claim, entry)
             except _delta.WriteConflict:
-                started.remove(entry)
+                if entry.written is None:
+                    started.remove(entry)
         dt, base = self._prepare(change.table, head, claim, replacing=change.replace is not None)
-        started.append(_Started(change.table, loc, base))
-        return self._apply(dt, change, claim, loc)
+        entry = _Started(change.table, loc, base)
+        started.append(entry)
+        return self._apply(dt, change, claim, entry)
 
     def _apply(
-        self, dt: DeltaTable, change: TableChange, claim: Mapping[str, str], loc: Location
+        self, dt: DeltaTable, change: TableChange, claim: Mapping[str, str], entry: _Started
     ) -> int:
+        loc = entry.location
         _delta.ensure_properties(dt, claim)
+        if dt.version() > entry.base:
+            entry.written = dt.version()
         if change.replace is not None:
             version = _delta.overwrite(dt, change.replace, claim)
         elif change.restore_to is not None:
@@ -284,7 +290,9 @@ class CommitRunner:
                 skip_predicate=_frame_range(change),
                 claim=claim,
             )
+        entry.written = version
         version = _delta.maybe_compact(dt, claim)
+        entry.written = version
         _delta.remember(loc, dt)
         return version
 
@@ -297,15 +305,12 @@ class CommitRunner:
         left an orphan that the next writer neutralises.
         """
         for entry in started:
+            if entry.written is None:
+                continue  # nothing of ours landed in this table
             try:
                 dt = _delta.open_latest(entry.location)
-                if dt is None or dt.version() <= entry.base:
-                    continue
-                info = _delta.last_commit_info(dt)
-                if info.get(_claims.META_ATTEMPT) != attempt.id:
-                    continue
-                if info.get(_delta.META_RESTORED_TO) == str(entry.base):
-                    continue
+                if dt is None or dt.version() != entry.written:
+                    continue  # someone wrote past it: they judged it already
                 _delta.restore(dt, entry.base, attempt.claim)
             except Exception as exc:
                 log.warning(
