@@ -226,6 +226,10 @@ class CommitRunner:
                 f"{relevant.get(_claims.META_WRITER, '?')} for commit "
                 f"{relevant.get(_claims.META_SEQ)}"
             )
+        if relevant.get(_claims.META_SEQ) == str(head.seq + 1) and self._log.exists(head.seq + 1):
+            # Its writer's attempt is over because it published: our HEAD is
+            # stale, and that version is part of the new HEAD, not an orphan.
+            raise _Busy(f"commit {head.seq + 1} was published meanwhile")
         if replacing:
             return dt, latest
         if _claims.META_SEQ not in relevant:
@@ -237,9 +241,13 @@ class CommitRunner:
                 base,
             )
         # Never restore onto a version whose files are gone: that would make
-        # the table unreadable for every later reader. Repair handles it.
-        _delta.require_available(loc, base, table=table)
-        _delta.restore(dt, base, claim)
+        # the table unreadable for every later reader (delta-rs refuses such a
+        # restore; we then say which files are gone). Repair handles it.
+        try:
+            _delta.restore(dt, base, claim)
+        except StorageError:
+            _delta.require_available(loc, base, table=table)
+            raise
         return dt, base
 
     def _write(

@@ -209,6 +209,10 @@ class CommitLog:
             raise CommitNotFoundError(f"no commit with seq {seq} in {self._dir.uri}")
         return commit
 
+    def exists(self, seq: int) -> bool:
+        """Whether record `seq` is published (read from storage, not the cache)."""
+        return self._record(seq).exists()
+
     def _fetch(self, seq: int) -> Commit | None:
         """Read record `seq` from storage, never from the cache; None if there is none."""
         data = self._record(seq).read_or_none()
