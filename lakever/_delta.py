@@ -28,16 +28,23 @@ from lakever._claims import META_SEQ
 from lakever.errors import LakeverError, StorageError, VersionUnavailableError
 from lakever.storage import Location
 
+#: Data files are kept near this size so an edit of a contiguous frame range
+#: rewrites a few small files instead of one huge one (see docs/ARCHITECTURE.md).
+TARGET_FILE_SIZE = 4 * 1024 * 1024
+
 #: Files a snapshot may still need are never old enough for a VACUUM run from
 #: outside (Spark, delta-rs) with default settings: it lists nothing to delete,
 #: and a shorter retention is refused unless the caller disables the check.
 RETENTION = "interval 36500 days"
 
 #: Properties every lakever table carries; existing tables get any that are
-#: missing on their next write (see `ensure_properties`).
-GUARD_PROPERTIES: dict[str, str] = {
+#: missing on their next write (see `ensure_properties`). MERGE sizes its
+#: output files from `delta.targetFileSize` (not from the writer's argument):
+#: unset, one scattered edit leaves ~100 MB files behind.
+REQUIRED_PROPERTIES: dict[str, str] = {
     "delta.deletedFileRetentionDuration": RETENTION,
     "delta.logRetentionDuration": RETENTION,
+    "delta.targetFileSize": str(TARGET_FILE_SIZE),
 }
 
 #: Table properties every lakever table is created with. CDF makes diffs and
@@ -49,7 +56,7 @@ TABLE_CONFIGURATION: dict[str, str | None] = {
     # Loading a version replays the JSON commits since the last checkpoint; a
     # short interval keeps every load (and so every commit) cheap on S3.
     "delta.checkpointInterval": "10",
-    **GUARD_PROPERTIES,
+    **REQUIRED_PROPERTIES,
 }
 
 #: Operations that change no rows. A version past HEAD made by one of these
@@ -58,10 +65,6 @@ TABLE_CONFIGURATION: dict[str, str | None] = {
 ROW_PRESERVING_OPERATIONS = frozenset(
     {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "ADD CONSTRAINT"}
 )
-
-#: Data files are kept near this size so an edit of a contiguous frame range
-#: rewrites a few small files instead of one huge one (see docs/ARCHITECTURE.md).
-TARGET_FILE_SIZE = 4 * 1024 * 1024
 
 _WRITER = WriterProperties(compression="ZSTD")
 
@@ -183,13 +186,13 @@ def create_table(loc: Location, schema: pa.Schema, claim: Mapping[str, str]) -> 
 
 
 def ensure_properties(dt: DeltaTable, claim: Mapping[str, str]) -> None:
-    """Give a table created by an older lakever the guard properties it lacks.
+    """Give a table created by an older lakever the required properties it lacks.
 
     Runs inside the caller's commit, as the next exact version: setting table
     properties changes no rows and writes no change-feed rows.
     """
     config = dt.metadata().configuration
-    missing = {k: v for k, v in GUARD_PROPERTIES.items() if config.get(k) != v}
+    missing = {k: v for k, v in REQUIRED_PROPERTIES.items() if config.get(k) != v}
     if not missing:
         return
     with boundary("set table properties of", dt.table_uri):

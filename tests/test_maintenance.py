@@ -88,3 +88,33 @@ def test_forced_vacuum_after_an_outside_write_is_repaired_not_restored(ds: lv.Da
     ds.upsert_labels(labels(["f00001"], start=9))  # writable again
     assert sorted(ds.read("labels")["label_id"]) == ["f00001-l10", "f00001-l9"]
     assert not ds.repair().head_broken
+
+
+def test_merges_keep_files_near_the_target_size(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """delta-rs sizes MERGE output from the table property, which every table carries."""
+    import numpy as np
+    import polars as pl
+
+    target = 256 * 1024
+    monkeypatch.setattr(_delta, "TARGET_FILE_SIZE", target)
+    monkeypatch.setitem(_delta.REQUIRED_PROPERTIES, "delta.targetFileSize", str(target))
+    monkeypatch.setitem(_delta.TABLE_CONFIGURATION, "delta.targetFileSize", str(target))
+    ds = local_lake.create_dataset("sized", classes=CLASSES)
+    n = 40_000
+    rng = np.random.default_rng(1)
+    fids = [f"f{i:05d}" for i in range(n // 10)]
+    ds.add_frames(frames(fids))
+    rows = labels(fids, per_frame=10).with_columns(
+        pl.Series("x", rng.random(n) * 1000), pl.Series("noise", rng.random(n))
+    )
+    ds.upsert_labels(rows)
+    edited = rows.gather(list(range(0, n, 397))).with_columns(pl.lit("bike").alias("cls"))
+    c = ds.upsert_labels(edited)  # scattered: one MERGE across the whole table
+    assert c.counts["labels"] == lv.ChangeCounts(modified=edited.height)
+    sizes = _delta.data_files(ds.table_location("labels"), c.table_versions["labels"])
+    assert sizes.height >= 3  # split, not one big file
+    assert sizes["size_bytes"].max() < 3 * target  # type: ignore[operator]
+    config = _table(ds, "labels").metadata().configuration
+    assert config["delta.targetFileSize"] == str(target)
