@@ -45,7 +45,9 @@ class TableReader:
         Example:
             >>> ds.scan("labels").filter(pl.col("cls") == "car").collect()  # doctest: +SKIP
         """
-        version = self._version(table)
+        return self._scan_at(table, self._version(table))
+
+    def _scan_at(self, table: str, version: int) -> pl.LazyFrame:
         loc = self._dataset.table_location(table)
         _delta.check_available_once(loc, version, table=table)
         return _delta.scan(loc, version)
@@ -57,9 +59,9 @@ class TableReader:
             VersionUnavailableError: the version's data files were deleted
                 outside lakever (`Dataset.repair` tells what is lost).
         """
-        version = self._version(table)
+        version = self._version(table)  # HEAD is resolved once per read
         loc = self._dataset.table_location(table)
-        return _delta.collect(loc, version, self.scan(table), table=table)
+        return _delta.collect(loc, version, self._scan_at(table, version), table=table)
 
     def delta_table(self, table: str) -> tuple[str, int]:
         """The (table URI, Delta version) a Spark or Polars job should read."""
