@@ -174,12 +174,6 @@ def test_table_cache_is_keyed_by_credentials(local_lake: lv.Lake) -> None:
     assert "someone-else" not in loc2.fingerprint
 
 
-def test_naive_datetime_of_commit_resolves_like_python(two: tuple[lv.Dataset, lv.Dataset]) -> None:
-    _, b = two
-    assert b.resolve(datetime.now()).seq == b.head.seq
-    assert os.environ.get("TZ") is None
-
-
 def test_missing_bucket_is_an_error_for_reads(s3_server: object) -> None:
     options = s3_server.storage_options()  # type: ignore[attr-defined]
     with pytest.raises(lv.LakeNotFoundError, match="bucket does not exist"):
