@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
