@@ -144,6 +144,11 @@ def _lock_held(attempt: str) -> bool | None:
         return True
     except OSError:
         return None
+    else:
+        # Left by a process that died: nobody will take this lock again (the
+        # claim exists only because its owner had locked it first), so tidy up.
+        with contextlib.suppress(OSError):
+            os.unlink(_lock_path(attempt))
     finally:
         os.close(fd)
     return False
