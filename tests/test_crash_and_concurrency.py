@@ -122,23 +122,28 @@ def run_writers(
 
 
 @pytest.mark.slow
-def test_four_writers_lose_nothing(lake: lv.Lake, lake_uri: tuple[str, dict[str, str]]) -> None:
+def test_four_writers_lose_nothing(
+    lake: lv.Lake, lake_uri: tuple[str, dict[str, str]], backend: str
+) -> None:
     _, options = lake_uri
+    # moto answers one request at a time; fewer commits keep the S3 run in minutes
+    commits = 25 if backend == "local" else 12
     ds = base_dataset(lake)
-    acked = run_writers(lake, options, writers=4, commits=25)
+    acked = run_writers(lake, options, writers=4, commits=commits)
     log = ds.log()
-    assert [c.seq for c in log] == list(range(101, -1, -1))  # unique and gap-free
+    last = 1 + 4 * commits
+    assert [c.seq for c in log] == list(range(last, -1, -1))  # unique and gap-free
     by_seq = {c.seq: c.id for c in log}
     for name, acks in acked.items():
-        assert len(acks) == 25
+        assert len(acks) == commits
         for seq, cid in acks:
             assert by_seq[seq] == cid, (name, seq)
     got = set(ds.read("frames")["frame_id"])
-    expected = {f"w{w}-{i:04d}-{k}" for w in range(4) for i in range(25) for k in range(3)}
+    expected = {f"w{w}-{i:04d}-{k}" for w in range(4) for i in range(commits) for k in range(3)}
     assert got == expected | {"shared-00000"}
     assert ds.read("labels").height == 2 * len(expected)
     # every commit's recorded versions hold exactly what it had acknowledged so far
-    for c in log[::17]:
+    for c in log[::7]:
         check_consistent(ds.at(c.seq))
 
 
