@@ -62,7 +62,13 @@ def s3_bucket(s3_client: Any) -> str:
     return name
 
 
-@pytest.fixture(params=["local", "s3"])
+#: Every dataset behaviour runs on both backends. The S3 variants are slow
+#: (moto answers one request at a time), so the default run keeps S3 coverage
+#: through tests/test_dataset.py and tests/test_access.py; CI runs them all.
+BACKENDS = ["local", pytest.param("s3", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

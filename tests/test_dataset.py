@@ -11,6 +11,12 @@ import lakever as lv
 from tests.helpers import CLASSES, frames, labels
 
 
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Both backends in the default run: the core write API is checked on S3 every time."""
+    return str(request.param)
+
+
 @pytest.fixture
 def ds(lake: lv.Lake) -> lv.Dataset:
     return lake.create_dataset("cams", classes=CLASSES, description="d", tags=("a",))
