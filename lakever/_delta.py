@@ -199,12 +199,6 @@ def ensure_properties(dt: DeltaTable, claim: Mapping[str, str]) -> None:
         dt.alter.set_table_properties(missing, commit_properties=_props(claim))
 
 
-def last_commit_info(dt: DeltaTable) -> dict[str, Any]:
-    """The commitInfo of the table's loaded version (custom metadata included)."""
-    infos = commit_infos(dt, 1)
-    return infos[0] if infos else {}
-
-
 def commit_infos(dt: DeltaTable, count: int) -> list[dict[str, Any]]:
     """The commitInfo of the loaded version and the `count - 1` before it, newest first."""
     with boundary("read the history of", dt.table_uri):

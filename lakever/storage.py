@@ -9,6 +9,7 @@ rests on: put-if-absent of a complete object.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -237,10 +238,8 @@ class Location:
             except FileNotFoundError:
                 pass
             bucket = self.path.split("/", 1)[0]
-            try:
+            with contextlib.suppress(PermissionError):  # exists; these credentials may not ask
                 self.fs.info(bucket)  # unlike exists(), raises when the store is unreachable
-            except PermissionError:
-                return True  # the bucket exists; these credentials may not ask about it
             return True
         except FileNotFoundError:
             return False
