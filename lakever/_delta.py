@@ -75,7 +75,8 @@ class WriteConflict(Exception):
     """Another writer committed the Delta version this write was based on."""
 
 
-def _props(claim: Mapping[str, str]) -> CommitProperties:
+def props(claim: Mapping[str, str]) -> CommitProperties:
+    """Commit properties of an exact-version write carrying `claim`."""
     return CommitProperties(custom_metadata=dict(claim), max_commit_retries=0)
 
 
@@ -176,7 +177,7 @@ def create_table(loc: Location, schema: pa.Schema, claim: Mapping[str, str]) -> 
                 mode="error",
                 configuration=TABLE_CONFIGURATION,
                 storage_options=loc.delta_options(),
-                commit_properties=_props(claim),
+                commit_properties=props(claim),
             )
     except StorageError as exc:
         cause = exc.__cause__
@@ -196,7 +197,7 @@ def ensure_properties(dt: DeltaTable, claim: Mapping[str, str]) -> None:
     if not missing:
         return
     with boundary("set table properties of", dt.table_uri):
-        dt.alter.set_table_properties(missing, commit_properties=_props(claim))
+        dt.alter.set_table_properties(missing, commit_properties=props(claim))
 
 
 def commit_infos(dt: DeltaTable, count: int) -> list[dict[str, Any]]:
@@ -230,7 +231,7 @@ def _write(
             schema_mode="merge" if mode == "append" else None,
             target_file_size=TARGET_FILE_SIZE,
             writer_properties=_WRITER,
-            commit_properties=_props(claim),
+            commit_properties=props(claim),
         )
     return dt.version()
 
@@ -257,7 +258,7 @@ def maybe_compact(dt: DeltaTable, claim: Mapping[str, str]) -> int:
         dt.optimize.compact(
             target_size=TARGET_FILE_SIZE,
             writer_properties=_WRITER,
-            commit_properties=_props({**claim, "lakever.compaction": "true"}),
+            commit_properties=props({**claim, "lakever.compaction": "true"}),
         )
     return dt.version()
 
@@ -297,7 +298,7 @@ def merge(
                 target_alias="t",
                 merge_schema=True,
                 writer_properties=_WRITER,
-                commit_properties=_props(claim),
+                commit_properties=props(claim),
             )
             .when_matched_update_all(predicate=f"s.{op_column} = 'u'", except_cols=[op_column])
             .when_matched_delete(predicate=f"s.{op_column} = 'd'")
@@ -310,7 +311,7 @@ def merge(
 def delete_rows(dt: DeltaTable, predicate: str, claim: Mapping[str, str]) -> int:
     """Delete the rows matching a SQL predicate as the next version; return it."""
     with boundary("delete rows of", dt.table_uri):
-        dt.delete(predicate, writer_properties=_WRITER, commit_properties=_props(claim))
+        dt.delete(predicate, writer_properties=_WRITER, commit_properties=props(claim))
     return dt.version()
 
 
@@ -318,7 +319,7 @@ def restore(dt: DeltaTable, version: int, claim: Mapping[str, str]) -> int:
     """Write the next version with the content of `version`; return the new version."""
     meta = {**claim, META_RESTORED_TO: str(version)}
     with boundary(f"restore version {version} of", dt.table_uri):
-        dt.restore(version, commit_properties=_props(meta))
+        dt.restore(version, commit_properties=props(meta))
     return dt.version()
 
 

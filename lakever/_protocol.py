@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import polars as pl
 from deltalake import DeltaTable
 
-from lakever import _claims, _delta
+from lakever import _claims, _delta, _mor
 from lakever._staging import OP_COLUMN, Stage, TableChange
 from lakever.commits import ChangeCounts, Commit, CommitLog
 from lakever.errors import ConflictError, StorageError, VersionUnavailableError
-from lakever.schema import empty_schema, table_kind
+from lakever.schema import empty_schema, key_column, table_kind
 from lakever.storage import Location
 
 log = logging.getLogger("lakever")
@@ -38,6 +38,12 @@ log = logging.getLogger("lakever")
 COMMIT_TIMEOUT_ENV = "LAKEVER_COMMIT_TIMEOUT"
 
 Operation = Callable[[Stage], None]
+
+#: Edits mark old rows in deletion vectors and write only the new rows.
+MERGE_ON_READ = "merge-on-read"
+#: Edits rewrite every file holding a touched row (readers need no vector support).
+COPY_ON_WRITE = "copy-on-write"
+EDIT_MODES = (MERGE_ON_READ, COPY_ON_WRITE)
 
 
 class _Busy(Exception):
@@ -71,11 +77,13 @@ class CommitRunner:
         table_location: Callable[[str], Location],
         head: Callable[[], Commit],
         confirm: Callable[[Commit], None],
+        edits: str = MERGE_ON_READ,
     ) -> None:
         self._log = log_
         self._loc = table_location
         self._head = head
         self._confirm = confirm
+        self._edits = edits
 
     def run(
         self,
@@ -244,7 +252,7 @@ class CommitRunner:
         # the table unreadable for every later reader (delta-rs refuses such a
         # restore; we then say which files are gone). Repair handles it.
         try:
-            _delta.restore(dt, base, claim)
+            _restore(dt, loc, table, base, claim)
         except StorageError:
             _delta.require_available(loc, base, table=table)
             raise
@@ -286,9 +294,31 @@ class CommitRunner:
         if change.replace is not None:
             version = _delta.overwrite(dt, change.replace, claim)
         elif change.restore_to is not None:
-            version = _delta.restore(dt, change.restore_to, claim)
+            version = _restore(dt, loc, change.table, change.restore_to, claim)
         elif change.updates.is_empty() and change.deletes.is_empty():
             version = _delta.append(dt, _cluster(change.inserts), claim)
+        elif self._edits == MERGE_ON_READ and not _adds_columns(dt, change):
+            if not _mor.supports_vectors(loc, dt.version()):
+                _mor.enable_vectors(dt, claim)
+                entry.written = dt.version()
+            version = _mor.write_edit(
+                dt,
+                loc,
+                _mor.Edit(
+                    key=change.key,
+                    inserts=change.inserts,
+                    updates=change.updates,
+                    deletes=change.deletes,
+                    preimages=change.touched_base.filter(
+                        pl.col(change.key).is_in(change.updates[change.key].implode())
+                    ),
+                    positions=change.positions,
+                    positions_version=change.positions_version,
+                ),
+                claim,
+                table=change.table,
+                cluster=[c for c in ("frame_id", "label_id") if c in change.updates.columns],
+            )
         else:
             version = _delta.merge(
                 dt,
@@ -319,7 +349,7 @@ class CommitRunner:
                 dt = _delta.open_latest(entry.location)
                 if dt is None or dt.version() != entry.written:
                     continue  # someone wrote past it: they judged it already
-                _delta.restore(dt, entry.base, attempt.claim)
+                _restore(dt, entry.location, entry.table, entry.base, attempt.claim)
             except Exception as exc:
                 log.warning(
                     "could not roll back the unpublished version of %s (%s); the next writer will",
@@ -330,6 +360,25 @@ class CommitRunner:
 
 #: The operation of the commit that marks a dataset deleted.
 DELETE_OPERATION = "delete"
+
+
+def _restore(
+    dt: DeltaTable, loc: Location, table: str, version: int, claim: Mapping[str, str]
+) -> int:
+    """Write the next version with the content of `version`, change feed exact."""
+    if _mor.supports_vectors(loc, dt.version()):
+        key = key_column(table_kind(table))
+        done = _mor.restore(dt, loc, version, claim, table=table, key=key)
+        if done is not None:
+            return done
+    return _delta.restore(dt, version, claim)
+
+
+def _adds_columns(dt: DeltaTable, change: TableChange) -> bool:
+    """Whether the change brings columns the table lacks (a schema change: MERGE does it)."""
+    have = {f.name for f in dt.schema().fields}
+    cols = set(change.updates.columns) | set(change.inserts.columns)
+    return not cols <= have
 
 
 def _count(

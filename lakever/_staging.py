@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from lakever import _delta
+from lakever import _delta, _mor
 from lakever.commits import ChangeCounts, Commit
 from lakever.errors import RowError, RowNotFoundError, ValidationError, VersionUnavailableError
 from lakever.schema import key_column, prepare_rows, table_kind
@@ -38,6 +38,9 @@ class TableChange:
     drop: bool = False  # revert: the table does not exist at the target
     replace: pl.DataFrame | None = None  # repair: the table's whole new content
     counts: ChangeCounts = field(default_factory=ChangeCounts)
+    # key, file and position of every base row updated or deleted (merge-on-read)
+    positions: pl.DataFrame = field(default_factory=pl.DataFrame)
+    positions_version: int = -1  # the table version the positions hold for
 
     @property
     def is_empty(self) -> bool:
@@ -68,6 +71,8 @@ class Stage:
         self._restores: dict[str, int | None] = {}
         self._replaces: dict[str, tuple[pl.DataFrame, ChangeCounts]] = {}
         self._schemas: dict[str, dict[str, pl.DataType]] = {}
+        self._positions: dict[str, list[pl.DataFrame]] = {}
+        self._positions_version: dict[str, int] = {}
 
     # -- the base version ------------------------------------------------------
 
@@ -88,20 +93,29 @@ class Stage:
         return out
 
     def _scan_base(self, table: str, column: str, values: pl.Series) -> pl.DataFrame:
+        """Base rows whose `column` is one of `values`, read from the files stats allow."""
         v = self.base_version(table)
         if v is None or values.is_empty():
             return pl.DataFrame(schema=self.schema(table))
         loc = self._loc(table)
-        wanted = pl.col(column).is_in(values.unique().implode())
+        schema = self.schema(table)
         try:
-            return _delta.collect(loc, v, _delta.scan(loc, v).filter(wanted), table=table)
+            found = _mor.lookup(loc, v, column, values, table=table, schema=schema)
         except VersionUnavailableError:
             # An outside OPTIMIZE + forced VACUUM took the files, not the rows:
             # read the same rows from the version that holds them now.
             later = _delta.same_rows_later(loc, v)
             if later is None:
                 raise
-            return _delta.collect(loc, later, _delta.scan(loc, later).filter(wanted), table=table)
+            found = _mor.lookup(loc, later, column, values, table=table, schema=schema)
+            v = later
+        key = key_column(table_kind(table))
+        if self._positions_version.setdefault(table, v) != v:
+            self._positions_version[table] = -1  # mixed versions: the writer looks again
+        self._positions.setdefault(table, []).append(
+            found.select(key, _mor.FILE_COLUMN, _mor.POS_COLUMN)
+        )
+        return found.drop(_mor.FILE_COLUMN, _mor.POS_COLUMN)
 
     def base_rows(self, table: str, keys: pl.Series) -> pl.DataFrame:
         """Base rows of the given keys (fetched once, then cached)."""
@@ -257,8 +271,10 @@ class Stage:
                 commit = self._commit_at(pinned)
                 loc = self._loc("frames")
                 version = commit.table_versions["frames"]
-                query = _delta.scan(loc, version).filter(pl.col("frame_id").is_in(absent.implode()))
-                found = _delta.collect(loc, version, query, table="frames")["frame_id"]
+                schema = _delta.schema_at(loc, version)
+                found = _mor.lookup(
+                    loc, version, "frame_id", absent, table="frames", schema=schema
+                )["frame_id"]
                 present = pl.concat([present, found])
         bad = rows.filter(~pl.col("frame_id").is_in(present.implode()))
         if not bad.is_empty():
@@ -347,7 +363,24 @@ class Stage:
         updates = _changed_rows(matched, base, key)
         deletes = base.filter(pl.col(key).is_in(list(deleted)))
         counts = ChangeCounts(added=inserts.height, modified=updates.height, deleted=deletes.height)
-        return TableChange(table, key, inserts, updates, deletes, base, counts=counts)
+        marked = pl.concat([updates[key], deletes[key]]).implode()
+        found = self._positions.get(table)
+        positions = (
+            pl.concat(found).unique(subset=[key]).filter(pl.col(key).is_in(marked))
+            if found
+            else pl.DataFrame(schema={key: pl.String, _mor.FILE_COLUMN: pl.String})
+        )
+        return TableChange(
+            table,
+            key,
+            inserts,
+            updates,
+            deletes,
+            base,
+            counts=counts,
+            positions=positions,
+            positions_version=self._positions_version.get(table, -1),
+        )
 
 
 def _align(df: pl.DataFrame, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:

@@ -17,13 +17,14 @@ from datetime import datetime
 import polars as pl
 
 from lakever import _delta
-from lakever._protocol import DELETE_OPERATION
+from lakever._protocol import DELETE_OPERATION, EDIT_MODES, MERGE_ON_READ
 from lakever.commits import aware
 from lakever.dataset import Dataset
 from lakever.errors import (
     CorruptLakeError,
     DatasetExistsError,
     DatasetNotFoundError,
+    InvalidInputError,
     LakeNotFoundError,
     SnapshotsExistError,
 )
@@ -166,6 +167,7 @@ class Lake:
         project: str | None = None,
         exist_ok: bool = False,
         creator: str | None = None,
+        edits: str = MERGE_ON_READ,
     ) -> Dataset:
         """Create an empty dataset with a fixed class map.
 
@@ -178,11 +180,19 @@ class Lake:
             exist_ok: return the existing dataset instead of raising (and finish
                 its creation if that was interrupted).
             creator: recorded creator (default: $LAKEVER_AUTHOR or the OS user).
+            edits: "merge-on-read" (default): updates and deletes mark old rows
+                in Delta deletion vectors and write only the new rows.
+                "copy-on-write": they rewrite every file holding a touched row,
+                for readers that cannot read deletion vectors (see the README).
 
         Raises:
             DatasetExistsError: the name is taken and `exist_ok` is False, or an
                 interrupted deletion left files under it (delete it again first).
         """
+        if edits not in EDIT_MODES:
+            raise InvalidInputError(
+                f"edits must be one of {', '.join(map(repr, EDIT_MODES))}, not {edits!r}"
+            )
         root = self._dataset_root(name)
         info = DatasetInfo.new(
             name,
@@ -191,6 +201,7 @@ class Lake:
             tags=tuple(tags),
             creator=creator or default_author(),
             classes=normalize_classes(classes),
+            edits=edits,
         )
         marker = root.child("_lakever", "dataset.json")
         if marker.read_or_none() is None and root.list_names():

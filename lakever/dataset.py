@@ -60,7 +60,7 @@ class Dataset(TableReader):
         self._log = CommitLog(self.root, dataset_id=info.id, name=info.name)
         self._tags = TagTable(self.root.child("snapshots"))
         self._runner = CommitRunner(
-            self._log, self.table_location, lambda: self.head, self._confirm
+            self._log, self.table_location, lambda: self.head, self._confirm, edits=info.edits
         )
         self._counts_memo: dict[tuple[str, str], dict[str, ChangeCounts]] = {}
 

@@ -38,6 +38,9 @@ class DatasetInfo:
         id: unique id of this incarnation of the name: a dataset deleted and
             created again under the same name gets a new one (None for
             datasets made before lakever recorded it).
+        edits: how updates and deletes are written: "merge-on-read" (deletion
+            vectors) or "copy-on-write" (files rewritten; datasets made before
+            lakever recorded it keep this).
     """
 
     name: str
@@ -48,6 +51,7 @@ class DatasetInfo:
     created_at: datetime
     classes: tuple[str, ...]
     id: str | None = None
+    edits: str = "copy-on-write"
 
     @classmethod
     def new(
@@ -59,9 +63,12 @@ class DatasetInfo:
         tags: tuple[str, ...],
         creator: str,
         classes: tuple[str, ...],
+        edits: str = "merge-on-read",
     ) -> DatasetInfo:
         """The info of a dataset about to be created, with a fresh id."""
-        return cls(name, project, description, tags, creator, now_utc(), classes, uuid.uuid4().hex)
+        return cls(
+            name, project, description, tags, creator, now_utc(), classes, uuid.uuid4().hex, edits
+        )
 
     @property
     def identity(self) -> str:
@@ -81,6 +88,7 @@ class DatasetInfo:
                 "creator": self.creator,
                 "created_at": self.created_at.isoformat(),
                 "classes": list(self.classes),
+                "edits": self.edits,
             },
             sort_keys=True,
         ).encode()
@@ -98,4 +106,5 @@ class DatasetInfo:
             created_at=datetime.fromisoformat(d["created_at"]),
             classes=tuple(d.get("classes", ())),
             id=d.get("id"),
+            edits=d.get("edits", "copy-on-write"),
         )
