@@ -2,7 +2,7 @@
 
 python benchmarks/run.py                 # full sizes (10M labels; needs ~10 GiB RAM, ~15 min)
 python benchmarks/run.py --quick         # small sizes, a smoke run
-python benchmarks/run.py --only core   # or --only diff
+python benchmarks/run.py --only core   # or --only diff, --only edits (1M and 5M labels)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import deltalake
 import polars as pl
 
 import lakever
-from benchmarks import bench_core, bench_diff
+from benchmarks import bench_core, bench_diff, bench_edits
 from benchmarks._common import save
 
 
@@ -31,13 +31,13 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument(
-        "--only", choices=["core", "diff"], action="append", help="run only these suites"
+        "--only", choices=["core", "diff", "edits"], action="append", help="run only these suites"
     )
     parser.add_argument(
         "--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)"
     )
     args = parser.parse_args()
-    suites = args.only or ["core", "diff"]
+    suites = args.only or ["core", "diff", "edits"]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lakever-bench-"))
     header = (
         f"# lakever benchmarks ({'quick' if args.quick else 'full'})\n\n"
@@ -55,6 +55,9 @@ def main() -> int:
                 repeat=10 if args.quick else 20,
                 commits=100 if args.quick else 1000,
             )
+        elif suite == "edits":
+            sizes = [100_000] if args.quick else [1_000_000, 5_000_000]
+            sections = bench_edits.run(work, sizes=sizes, many=30 if args.quick else 100)
         else:
             sizes = [20_000, 100_000] if args.quick else [1_000_000, 10_000_000]
             changes = (100, 1_000, 10_000) if args.quick else bench_diff.CHANGES

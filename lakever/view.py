@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import polars as pl
+import pyarrow as pa
 
 from lakever import _delta
 from lakever.commits import Commit
@@ -62,6 +63,14 @@ class TableReader:
         version = self._version(table)  # HEAD is resolved once per read
         loc = self._dataset.table_location(table)
         return _delta.collect(loc, version, self._scan_at(table, version), table=table)
+
+    def to_arrow(self, table: str) -> pa.Table:
+        """The rows of `table` as a pyarrow Table (read through Polars, vectors applied).
+
+        deltalake's own `to_pyarrow_table()` refuses tables with deletion
+        vectors (merge-on-read datasets); this never does.
+        """
+        return self.read(table).to_arrow()
 
     def delta_table(self, table: str) -> tuple[str, int]:
         """The (table URI, Delta version) a Spark or Polars job should read."""

@@ -133,6 +133,9 @@ def main() -> int:
         with ds.transaction(message=f"{writer} commit {i}", author=writer) as tx:
             tx.add_frames(frames(fids))
             tx.upsert_labels(labels(fids, per_frame=2))
+            if i:  # relabel the previous commit's labels: an edit of existing rows
+                prev = [f"{writer}-{i - 1:04d}-{k}" for k in range(3)]
+                tx.upsert_labels(labels(prev, per_frame=2, cls="person"))
             if mode == "crash":
                 tx.upsert_inferences(
                     "model", labels(fids, per_frame=1).with_columns(confidence=pl.lit(0.5))

@@ -141,7 +141,13 @@ def test_four_writers_lose_nothing(
     got = set(ds.read("frames")["frame_id"])
     expected = {f"w{w}-{i:04d}-{k}" for w in range(4) for i in range(commits) for k in range(3)}
     assert got == expected | {"shared-00000"}
-    assert ds.read("labels").height == 2 * len(expected)
+    lab = ds.read("labels")
+    assert lab.height == 2 * len(expected)
+    # each writer relabeled its previous commit's labels (merge-on-read edits)
+    last_frames = {f"w{w}-{commits - 1:04d}-{k}" for w in range(4) for k in range(3)}
+    relabeled = lab.filter(~pl.col("frame_id").is_in(list(last_frames)))
+    assert set(relabeled["cls"]) == {"person"}
+    assert set(lab.filter(pl.col("frame_id").is_in(list(last_frames)))["cls"]) == {"car"}
     # every commit's recorded versions hold exactly what it had acknowledged so far
     for c in log[::7]:
         check_consistent(ds.at(c.seq))

@@ -1,0 +1,353 @@
+"""Scattered edits: what one version costs, lakever against delta-rs MERGE and Lance.
+
+A labels table of N rows; ten edit commits, each modifying 0.1% of rows,
+deleting 0.05% and inserting 0.05%, scattered across the table (a QA pass),
+with a snapshot after each. The same edits, in the same order, for:
+
+- lakever, merge-on-read (deletion vectors; the default);
+- lakever, copy-on-write (`edits="copy-on-write"`);
+- plain delta-rs: `write_deltalake`, one MERGE per edit, CDF on, versions as tags;
+- Lance (`pylance`): `write_dataset`, `merge_insert` + `delete` per edit, tags.
+
+Measured: bulk import of the base, edit latency (median of 10), bytes
+written per edit against the changed rows' own zstd Parquet size, lake size
+after base + 10 edits + 11 snapshots, the diff summary and rows s0 -> s10,
+reading HEAD into Polars after 10 edits, and (lakever merge-on-read) after
+100 edits against a freshly written table holding the same rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from deltalake import DeltaTable, write_deltalake
+
+import lakever as lv
+from benchmarks._common import fmt_b, fmt_s, fresh_dir, markdown, median_time, tree_bytes
+from lakever import _delta, sample
+
+EDITS = 10
+
+
+@dataclass
+class Edit:
+    modified: pl.DataFrame  # full new rows of existing labels
+    deleted: list[str]
+    inserted: pl.DataFrame  # full rows of new labels
+
+    @property
+    def upserts(self) -> pl.DataFrame:
+        return pl.concat([self.modified, self.inserted])
+
+    def changed_bytes(self) -> int:
+        sink = io.BytesIO()
+        pq.write_table(
+            pl.concat(
+                [self.upserts, pl.DataFrame({"label_id": self.deleted})], how="diagonal"
+            ).to_arrow(),
+            sink,
+            compression="zstd",
+        )
+        return len(sink.getvalue())
+
+
+def plan(labels: pl.DataFrame, edits: int, seed: int = 7) -> list[Edit]:
+    """The same scattered edits for every system."""
+    rng = np.random.default_rng(seed)
+    live = labels
+    out = []
+    n = labels.height
+    for e in range(edits):
+        idx = rng.choice(live.height, size=int(n * 0.0015), replace=False)
+        k_mod = int(n * 0.001)
+        mod = live[idx[:k_mod]].with_columns(
+            cls=pl.Series(rng.choice(sample.CLASSES, size=k_mod)),
+            x=pl.col("x") + 1.0,
+        )
+        deleted = live[idx[k_mod:]]["label_id"].to_list()
+        hosts = live[rng.choice(live.height, size=int(n * 0.0005), replace=False)]
+        ins = hosts.with_columns(
+            label_id=pl.col("frame_id") + f"-e{e:03d}-" + pl.int_range(pl.len()).cast(pl.String)
+        )
+        out.append(Edit(mod, deleted, ins))
+        live = (
+            live.filter(~pl.col("label_id").is_in(deleted))
+            .update(mod, on="label_id")
+            .vstack(ins.select(live.columns))
+        )
+    return out
+
+
+# -- the systems ---------------------------------------------------------------------
+
+
+class System:
+    name = ""
+
+    def __init__(self, root: Path) -> None:
+        self.root = fresh_dir(root)
+
+    def import_base(self, frames: pl.DataFrame, labels: pl.DataFrame) -> None: ...
+    def edit(self, e: Edit) -> None: ...
+    def snapshot(self, name: str) -> None: ...
+    def summary(self) -> Any: ...
+    def rows(self) -> Any: ...
+    def read_head(self) -> pl.DataFrame: ...
+
+
+class Lakever(System):
+    def __init__(self, root: Path, edits: str) -> None:
+        super().__init__(root)
+        self.name = f"lakever ({edits})"
+        self.lake = lv.connect(str(self.root))
+        self.ds = self.lake.create_dataset("bench", classes=sample.CLASSES, edits=edits)
+        self._frames: pl.DataFrame | None = None
+
+    def prepare(self, frames: pl.DataFrame) -> None:
+        self.ds.add_frames(frames)
+
+    def import_base(self, frames: pl.DataFrame, labels: pl.DataFrame) -> None:
+        self.ds.upsert_labels(labels)
+
+    def edit(self, e: Edit) -> None:
+        with self.ds.transaction(message="edit") as tx:
+            tx.upsert_labels(e.upserts)
+            tx.delete_labels(e.deleted)
+
+    def snapshot(self, name: str) -> None:
+        self.ds.create_snapshot(name)
+
+    def summary(self) -> Any:
+        return self.ds.diff("s0", f"s{EDITS}").summary()
+
+    def rows(self) -> Any:
+        return self.ds.diff("s0", f"s{EDITS}").rows("labels")
+
+    def read_head(self) -> pl.DataFrame:
+        return self.ds.read("labels")
+
+
+class DeltaMerge(System):
+    name = "delta-rs MERGE + CDF"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.uri = str(self.root / "labels")
+        self.tags: dict[str, int] = {}
+
+    def prepare(self, frames: pl.DataFrame) -> None:
+        pass
+
+    def import_base(self, frames: pl.DataFrame, labels: pl.DataFrame) -> None:
+        write_deltalake(
+            self.uri,
+            labels.sort("frame_id", "label_id").to_arrow(),
+            configuration={
+                "delta.enableChangeDataFeed": "true",
+                "delta.targetFileSize": str(_delta.TARGET_FILE_SIZE),
+            },
+            target_file_size=_delta.TARGET_FILE_SIZE,
+        )
+
+    def edit(self, e: Edit) -> None:
+        src = pl.concat(
+            [
+                e.modified.with_columns(op=pl.lit("u")),
+                e.inserted.with_columns(op=pl.lit("i")),
+                pl.DataFrame({"label_id": e.deleted}).with_columns(op=pl.lit("d")),
+            ],
+            how="diagonal_relaxed",
+        )
+        dt = DeltaTable(self.uri)
+        (
+            dt.merge(src.to_arrow(), "t.label_id = s.label_id", source_alias="s", target_alias="t")
+            .when_matched_update_all(predicate="s.op = 'u'", except_cols=["op"])
+            .when_matched_delete(predicate="s.op = 'd'")
+            .when_not_matched_insert_all(predicate="s.op = 'i'", except_cols=["op"])
+            .execute()
+        )
+
+    def snapshot(self, name: str) -> None:
+        self.tags[name] = DeltaTable(self.uri).version()
+
+    def summary(self) -> Any:
+        dt = DeltaTable(self.uri)
+        cdf = pl.DataFrame(
+            dt.load_cdf(starting_version=self.tags["s0"] + 1, ending_version=self.tags["s10"])
+        )
+        return cdf.group_by("_change_type").len()
+
+    def rows(self) -> Any:
+        return self.summary()
+
+    def read_head(self) -> pl.DataFrame:
+        return pl.read_delta(self.uri)
+
+
+class Lance(System):
+    name = "Lance"
+
+    def __init__(self, root: Path) -> None:
+        import lance
+
+        super().__init__(root)
+        self.lance = lance
+        self.uri = str(self.root / "labels.lance")
+
+    def prepare(self, frames: pl.DataFrame) -> None:
+        pass
+
+    def import_base(self, frames: pl.DataFrame, labels: pl.DataFrame) -> None:
+        self.lance.write_dataset(labels.to_arrow(), self.uri, enable_stable_row_ids=True)
+
+    def edit(self, e: Edit) -> None:
+        ds = self.lance.dataset(self.uri)
+        ds.merge_insert("label_id").when_matched_update_all().when_not_matched_insert_all().execute(
+            e.upserts.to_arrow()
+        )
+        quoted = ",".join("'" + k.replace("'", "''") + "'" for k in e.deleted)
+        self.lance.dataset(self.uri).delete(f"label_id IN ({quoted})")
+
+    def snapshot(self, name: str) -> None:
+        ds = self.lance.dataset(self.uri)
+        ds.tags.create(name, ds.version)
+
+    def summary(self) -> Any:
+        ds = self.lance.dataset(self.uri)
+        tags = ds.tags.list()
+        d = ds.delta(begin_version=tags["s0"]["version"], end_version=tags["s10"]["version"])
+        ins = sum(b.num_rows for b in d.get_inserted_rows())
+        upd = sum(b.num_rows for b in d.get_updated_rows())
+        return ins, upd
+
+    def rows(self) -> Any:
+        ds = self.lance.dataset(self.uri)
+        tags = ds.tags.list()
+        d = ds.delta(begin_version=tags["s0"]["version"], end_version=tags["s10"]["version"])
+        return pa.concat_tables([d.get_inserted_rows().read_all(), d.get_updated_rows().read_all()])
+
+    def read_head(self) -> pl.DataFrame:
+        return pl.from_arrow(self.lance.dataset(self.uri).to_table())  # type: ignore[return-value]
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def measure(system: Any, frames: pl.DataFrame, labels: pl.DataFrame, edits: list[Edit]) -> dict:
+    system.prepare(frames)
+    out: dict[str, Any] = {}
+    out["import"] = _timed(lambda: system.import_base(frames, labels))
+    system.snapshot("s0")
+    latencies, written = [], []
+    for i, e in enumerate(edits, start=1):
+        before = tree_bytes(system.root)
+        latencies.append(_timed(lambda e=e: system.edit(e)))
+        written.append(tree_bytes(system.root) - before)
+        system.snapshot(f"s{i}")
+    out["edit"] = statistics.median(latencies)
+    out["written"] = statistics.median(written)
+    out["size"] = tree_bytes(system.root)
+    out["summary"] = median_time(system.summary, repeat=3)
+    out["rows"] = median_time(system.rows, repeat=3)
+    out["read10"] = median_time(system.read_head, repeat=3)
+    return out
+
+
+def plain_write(root: Path, labels: pl.DataFrame) -> float:
+    """A plain `write_deltalake` of the same rows with the same layout (the import's yardstick)."""
+    uri = str(fresh_dir(root) / "labels")
+    rows = labels.sort("frame_id", "label_id").to_arrow()
+    return _timed(
+        lambda: write_deltalake(
+            uri,
+            rows,
+            configuration={"delta.enableChangeDataFeed": "true"},
+            target_file_size=_delta.TARGET_FILE_SIZE,
+            writer_properties=_delta._WRITER,
+        )
+    )
+
+
+def read_after_many(root: Path, frames: pl.DataFrame, labels: pl.DataFrame, n: int) -> tuple:
+    """Read HEAD after `n` scattered edits (merge-on-read) and a fresh table of the same rows."""
+    sys_ = Lakever(root / "many", "merge-on-read")
+    sys_.prepare(frames)
+    sys_.import_base(frames, labels)
+    for e in plan(labels, n, seed=11):
+        sys_.edit(e)
+    edited = median_time(sys_.read_head, repeat=5)
+    rows = sys_.read_head()
+    fresh = Lakever(root / "fresh", "merge-on-read")
+    fresh.prepare(frames)
+    fresh.import_base(frames, rows)
+    return edited, median_time(fresh.read_head, repeat=5)
+
+
+def run(work: Path, *, sizes: list[int], many: int = 100) -> list[str]:
+    sections = []
+    for n in sizes:
+        frames = sample.sample_frames(max(1, n // 10))
+        labels = sample.sample_labels(frames)
+        edits = plan(labels, EDITS)
+        changed = statistics.median(e.changed_bytes() for e in edits)
+        systems = [
+            Lakever(work / "mor", "merge-on-read"),
+            Lakever(work / "cow", "copy-on-write"),
+            DeltaMerge(work / "delta"),
+        ]
+        with contextlib.suppress(ImportError):  # pylance: pip install -e ".[bench]"
+            systems.append(Lance(work / "lance"))
+        results = {s.name: measure(s, frames, labels, edits) for s in systems}
+        yard = plain_write(work / "plain", labels)
+        many_edited, many_fresh = read_after_many(work / "many", frames, labels, many)
+        names = list(results)
+        rows = [
+            ["bulk import of the base"] + [fmt_s(results[s]["import"]) for s in names],
+            ["one edit commit (median of 10)"] + [fmt_s(results[s]["edit"]) for s in names],
+            [f"bytes written by one edit (changed rows: {fmt_b(changed)})"]
+            + [
+                f"{fmt_b(results[s]['written'])} ({results[s]['written'] / changed:.1f}x)"
+                for s in names
+            ],
+            ["lake size after base + 10 edits + 11 snapshots"]
+            + [fmt_b(results[s]["size"]) for s in names],
+            ["diff summary s0 → s10"] + [fmt_s(results[s]["summary"]) for s in names],
+            ["diff rows s0 → s10"] + [fmt_s(results[s]["rows"]) for s in names],
+            ["read HEAD into Polars after 10 edits"] + [fmt_s(results[s]["read10"]) for s in names],
+        ]
+        title = f"Scattered edits at {len(labels):,} labels"
+        mor = results[names[0]]
+        notes = [
+            f"- plain `write_deltalake` of the same rows: {fmt_s(yard)}; lakever merge-on-read "
+            f"import / plain = {mor['import'] / yard:.2f}x",
+            f"- read HEAD after {many} merge-on-read edits: {fmt_s(many_edited)}; a freshly "
+            f"written table with the same rows: {fmt_s(many_fresh)} "
+            f"({many_edited / many_fresh:.2f}x)",
+        ]
+        if "Lance" in results:
+            lance = results["Lance"]
+            notes += [
+                f"- edit latency merge-on-read / Lance: {mor['edit'] / lance['edit']:.2f}x; "
+                f"lake size / Lance: {mor['size'] / lance['size']:.2f}x; "
+                f"summary / Lance delta: {mor['summary'] / lance['summary']:.2f}x",
+            ]
+        sections.append(markdown(title, ["", *names], rows, notes))
+        print(sections[-1], flush=True)
+    return sections

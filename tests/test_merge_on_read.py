@@ -1,0 +1,215 @@
+"""Merge-on-read edits: deletion vectors, lookups from statistics, rewrites, the opt-out."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyroaring import BitMap64
+
+import lakever as lv
+from lakever import _deltalog, _mor, sample
+from tests.helpers import CLASSES, frames, labels
+
+
+def log_entry(ds: lv.Dataset, table: str, version: int) -> list[dict[str, object]]:
+    path = Path(ds.table_location(table).uri) / "_delta_log" / f"{version:020d}.json"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def table_bytes(ds: lv.Dataset, table: str) -> int:
+    root = Path(ds.table_location(table).uri)
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def big_dataset(lake: lv.Lake, name: str, *, edits: str = "merge-on-read") -> lv.Dataset:
+    ds = lake.create_dataset(name, classes=sample.CLASSES, edits=edits)
+    f = sample.sample_frames(3000)
+    ds.add_frames(f)
+    ds.upsert_labels(sample.sample_labels(f))
+    return ds
+
+
+def test_scattered_edit_writes_vectors_not_files(local_lake: lv.Lake) -> None:
+    ds = big_dataset(local_lake, "mor")
+    base = ds.read("labels").sort("label_id")
+    v0 = ds.head.table_versions["labels"]
+    ds.create_snapshot("before")
+    before_bytes = table_bytes(ds, "labels")
+    picked = base.gather(list(range(0, base.height, 997)))  # scattered across every file
+    changed = picked.with_columns(cls=pl.lit("person"))
+    gone = base.gather(list(range(5, base.height, 1999)))["label_id"].to_list()
+    with ds.transaction() as tx:
+        tx.upsert_labels(changed)
+        tx.delete_labels(gone)
+    commit = tx.result
+    assert commit is not None
+    assert commit.counts["labels"].modified == picked.filter(pl.col("cls") != "person").height
+    assert commit.counts["labels"].deleted == len(gone)
+    actions = log_entry(ds, "labels", commit.table_versions["labels"])
+    vectors = [a["add"] for a in actions if "add" in a and a["add"].get("deletionVector")]
+    assert vectors, "an edit of existing rows marks them in deletion vectors"
+    assert any("cdc" in a for a in actions)
+    # the edit wrote a small fraction of the table
+    assert table_bytes(ds, "labels") - before_bytes < before_bytes // 10
+    # content: HEAD has the edits, the snapshot has the old rows
+    head = ds.read("labels").sort("label_id")
+    expected = (
+        base.filter(~pl.col("label_id").is_in(gone))
+        .update(changed.filter(~pl.col("label_id").is_in(gone)), on="label_id")
+        .sort("label_id")
+    )
+    assert head.equals(expected)
+    assert ds.at("before").read("labels").sort("label_id").equals(base)
+    assert DeltaTable(ds.table_location("labels").uri, version=v0).protocol().min_reader_version < 3
+    # the change feed shows updates as updates
+    rows = ds.diff("before").rows("labels")
+    assert rows.group_by("change").len().sort("change").rows() == sorted(
+        [("deleted", len(gone)), ("modified", commit.counts["labels"].modified)]
+    )
+
+
+def test_mostly_masked_file_is_rewritten(local_lake: lv.Lake) -> None:
+    ds = local_lake.create_dataset("rw", classes=CLASSES)
+    fids = [f"f{i:04d}" for i in range(100)]
+    ds.add_frames(frames(fids))
+    ds.upsert_labels(labels(fids, per_frame=10))  # one file of 1000 rows
+    loc = ds.table_location("labels")
+    (path,) = _deltalog.files_at(loc, ds.head.table_versions["labels"]).adds
+    ds.delete_labels([f"f{i:04d}-l0" for i in range(20)])  # 2%: marked
+    files = _deltalog.files_at(loc, ds.head.table_versions["labels"])
+    assert files.adds[path]["deletionVector"]["cardinality"] == 20
+    ds.delete_labels([f"f{i:04d}-l1" for i in range(100)])  # now 12%: rewritten
+    files = _deltalog.files_at(loc, ds.head.table_versions["labels"])
+    assert path not in files.adds
+    assert not any(a.get("deletionVector") for a in files.adds.values())
+    got = ds.read("labels")
+    assert got.height == 1000 - 120
+    assert not got.filter(pl.col("label_id").str.ends_with("-l1")).height
+
+
+def test_lookups_read_only_candidate_files(local_lake: lv.Lake) -> None:
+    ds = local_lake.create_dataset("look", classes=CLASSES)
+    for chunk in range(6):  # six appends, six files with disjoint frame ranges
+        fids = [f"f{chunk}{i:03d}" for i in range(50)]
+        ds.add_frames(frames(fids))
+        ds.upsert_labels(labels(fids))
+    loc = ds.table_location("labels")
+    files = _deltalog.files_at(loc, ds.head.table_versions["labels"])
+    assert len(files.adds) == 6
+    assert len(_mor.candidate_files(files, "label_id", ["f3010-l1"])) == 1
+    assert len(_mor.candidate_files(files, "label_id", ["f0001-l0", "f5049-l1"])) == 2
+    assert _mor.candidate_files(files, "label_id", ["zzz"]) == []
+    schema = dict(ds.read("labels").schema)
+    found = _mor.lookup(
+        loc,
+        files.version,
+        "label_id",
+        pl.Series(["f3010-l1", "nope"]),
+        table="labels",
+        schema=schema,
+    )
+    assert found["label_id"].to_list() == ["f3010-l1"]
+    assert found[_mor.FILE_COLUMN].to_list() == _mor.candidate_files(
+        files, "label_id", ["f3010-l1"]
+    )
+
+
+def test_copy_on_write_opt_out_gives_the_same_content(local_lake: lv.Lake) -> None:
+    results = {}
+    for mode in ("merge-on-read", "copy-on-write"):
+        ds = local_lake.create_dataset(f"d-{mode}", classes=CLASSES, edits=mode)
+        fids = [f"f{i:03d}" for i in range(40)]
+        ds.add_frames(frames(fids))
+        ds.upsert_labels(labels(fids))
+        ds.create_snapshot("a")
+        ds.upsert_labels(labels(fids[::3], cls="bike"))
+        ds.delete_frames(fids[5:9])
+        ds.revert("a")
+        ds.upsert_labels(labels(fids[1::4], cls="truck"))
+        protocol = DeltaTable(ds.table_location("labels").uri).protocol()
+        results[mode] = (ds.read("labels").sort("label_id"), protocol.min_reader_version)
+        assert ds.diff("a").summary().filter(pl.col("table") == "labels")["modified"][0] == 20
+    assert results["merge-on-read"][0].equals(results["copy-on-write"][0])
+    assert results["merge-on-read"][1] == 3
+    assert results["copy-on-write"][1] == 1
+    reopened = lv.connect(local_lake.uri).dataset("d-copy-on-write")
+    assert reopened.info.edits == "copy-on-write"
+
+
+def test_unknown_edit_mode_is_refused(local_lake: lv.Lake) -> None:
+    with pytest.raises(lv.InvalidInputError, match="'merge-on-write'"):
+        local_lake.create_dataset("bad", classes=CLASSES, edits="merge-on-write")
+    assert not Path(local_lake.uri, "datasets", "bad").exists()
+
+
+def test_revert_with_vectors_has_an_exact_change_feed(local_lake: lv.Lake) -> None:
+    ds = big_dataset(local_lake, "rev")
+    ds.create_snapshot("s0")
+    base = ds.read("labels")
+    ds.upsert_labels(sample.relabel(base, fraction=0.01, seed=3))
+    ds.delete_labels(base["label_id"].head(7).to_list())
+    ds.create_snapshot("s1")
+    s1 = ds.read("labels")
+    ds.revert("s0")
+    assert ds.read("labels").sort("label_id").equals(base.sort("label_id"))
+    back = ds.revert("s1")
+    assert ds.read("labels").sort("label_id").equals(s1.sort("label_id"))
+    forward = ds.diff("s0", "s1").summary().filter(pl.col("table") == "labels").row(0, named=True)
+    assert back.counts["labels"].deleted == forward["deleted"] == 7
+    assert back.counts["labels"].modified == forward["modified"]
+    # across both reverts, s0 -> HEAD is the same change as s0 -> s1, row by row
+    via_feed = ds.diff("s0").rows("labels").sort("label_id")
+    assert via_feed.select("label_id", "change").equals(
+        ds.diff("s0", "s1").rows("labels").sort("label_id").select("label_id", "change")
+    )
+
+
+def test_log_replay_matches_delta_rs_through_checkpoints(local_lake: lv.Lake) -> None:
+    ds = local_lake.create_dataset("cp", classes=CLASSES)
+    fids = [f"f{i:03d}" for i in range(60)]
+    ds.add_frames(frames(fids))
+    ds.upsert_labels(labels(fids, per_frame=3))
+    for i in range(14):  # past a checkpoint (every 10 versions)
+        ds.upsert_labels(labels([fids[i * 4]], per_frame=3, cls=CLASSES[i % 4], x=float(i)))
+    loc = ds.table_location("labels")
+    version = ds.head.table_versions["labels"]
+    assert any(n.endswith(".checkpoint.parquet") for n in os.listdir(Path(loc.uri) / "_delta_log"))
+    _deltalog._cache.clear()
+    mine = _deltalog.files_at(loc, version)
+    dt = DeltaTable(loc.uri, version=version)
+    theirs = {p.split("/")[-1] for p in dt.file_uris()}
+    assert set(mine.adds) == theirs
+    masks = {
+        r["filepath"].split("/")[-1]: r["selection_vector"]
+        for r in pl.DataFrame(dt.deletion_vectors()).to_dicts()
+    }
+    for path, add in mine.adds.items():
+        if add.get("deletionVector"):
+            dead = _deltalog.read_vector(loc, add["deletionVector"])
+            assert sorted(dead) == [i for i, keep in enumerate(masks[path]) if not keep]
+
+
+@given(st.sets(st.integers(min_value=0, max_value=2**40), max_size=200))
+@settings(max_examples=60, deadline=None)
+def test_vector_encoding_round_trips(rows: set[int]) -> None:
+    bitmap = BitMap64(rows)
+    data = _deltalog.encode_vector(bitmap)
+    assert _deltalog.decode_vector(data) == bitmap
+    padded = data + b"\0" * (-len(data) % 4)
+    assert _deltalog.z85_decode(_deltalog.z85_encode(padded))[: len(data)] == data
+    blob, offsets = _deltalog.vector_file([data, data])
+    assert blob[0] == 1 and offsets[0] == 1 and offsets[1] == 1 + 4 + len(data) + 4
+
+
+def test_z85_matches_the_reference_vector() -> None:
+    # the example from the Z85 specification (ZeroMQ RFC 32)
+    raw = bytes([0x86, 0x4F, 0xD2, 0x6F, 0xB5, 0x59, 0xF7, 0x5B])
+    assert _deltalog.z85_encode(raw) == "HelloWorld"
+    assert _deltalog.z85_decode("HelloWorld") == raw
