@@ -1,4 +1,4 @@
-"""The one module that talks to deltalake: table creation, exact-version writes, reads.
+"""Table creation, exact-version writes and reads through deltalake.
 
 Every lakever write to a Delta table is an *exact-version* write: it is based
 on the version the caller loaded and is committed with ``max_commit_retries=0``,

@@ -25,7 +25,6 @@ edit needs to mark it.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import io
 import json
@@ -76,9 +75,10 @@ def supports_vectors(loc: Location, version: int) -> bool:
 # -- lookups ---------------------------------------------------------------------------
 
 
-def candidate_files(files: _deltalog.TableFiles, column: str, values: list[str]) -> list[str]:
-    """Files whose statistics for `column` can hold one of the sorted `values`."""
+def candidate_files(files: _deltalog.TableFiles, column: str, values: pl.Series) -> list[str]:
+    """Files whose statistics for `column` can hold one of `values` (sorted, unique strings)."""
     out = []
+    n = values.len()
     for path, add in files.adds.items():
         b = _deltalog.bounds(add, column)
         if b is None:
@@ -87,8 +87,8 @@ def candidate_files(files: _deltalog.TableFiles, column: str, values: list[str])
         lo, hi = str(b[0]), str(b[1])
         if len(hi) >= _STAT_PREFIX:
             hi += "\U0010ffff"  # a truncated maximum bounds only its prefix
-        i = bisect.bisect_left(values, lo)
-        if i < len(values) and values[i] <= hi:
+        i = int(values.search_sorted(lo, side="left"))
+        if i < n and values[i] <= hi:
             out.append(path)
     return sorted(out)
 
@@ -113,15 +113,15 @@ def lookup(
     deletion vectors mark. The result has the table's columns (cast to
     `schema`) plus `FILE_COLUMN` and `POS_COLUMN`.
     """
-    wanted = sorted(str(v) for v in values.drop_nulls().unique().to_list())
     empty = pl.DataFrame(schema={**schema, FILE_COLUMN: pl.String, POS_COLUMN: pl.Int64})
-    if not wanted:
-        return empty
     files = _deltalog.files_at(loc, version)
+    if not files.adds or values.is_empty():
+        return empty  # an empty table: nothing to read, whatever the batch
+    wanted = values.cast(pl.String).drop_nulls().unique().sort()
     paths = candidate_files(files, column, wanted)
     if not paths:
         return empty
-    match = pl.col(column).is_in(pl.Series(wanted, dtype=pl.String).implode())
+    match = pl.col(column).is_in(wanted.implode())
     parts = live_rows(loc, files, paths, table=table, where=match)
     rows = pl.concat([empty, *parts], how="diagonal_relaxed")
     return rows.select(
@@ -146,9 +146,13 @@ def live_rows(
     try:
         with boundary(f"read version {files.version} of", loc.uri):
             for path in paths:
+                # The row index is physical even with the filter pushed into the
+                # reader (row groups skipped by their statistics).
                 lf = pl.scan_parquet(
-                    file_uri(loc, path), storage_options=loc.delta_options()
-                ).with_row_index(POS_COLUMN)
+                    file_uri(loc, path),
+                    storage_options=loc.delta_options(),
+                    row_index_name=POS_COLUMN,
+                )
                 if where is not None:
                     lf = lf.filter(where)
                 dv = files.adds[path].get("deletionVector")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from lakever import _delta, _mor
+from lakever import _delta, _deltalog, _mor
 from lakever.commits import ChangeCounts, Commit
 from lakever.errors import RowError, RowNotFoundError, ValidationError, VersionUnavailableError
 from lakever.schema import key_column, prepare_rows, table_kind
@@ -117,8 +117,15 @@ class Stage:
         )
         return found.drop(_mor.FILE_COLUMN, _mor.POS_COLUMN)
 
+    def _base_is_empty(self, table: str) -> bool:
+        """Whether the table has no rows at the base (absent, or no live files)."""
+        v = self.base_version(table)
+        return v is None or not _deltalog.files_at(self._loc(table), v).adds
+
     def base_rows(self, table: str, keys: pl.Series) -> pl.DataFrame:
         """Base rows of the given keys (fetched once, then cached)."""
+        if self._base_is_empty(table):
+            return pl.DataFrame(schema=self.schema(table))  # a bulk import checks only its batch
         key = key_column(table_kind(table))
         seen = self._looked_up.get(table)
         needed = keys if seen is None else keys.filter(~keys.is_in(seen.implode()))
@@ -159,7 +166,7 @@ class Stage:
     def current_by(self, table: str, column: str, values: pl.Series) -> pl.DataFrame:
         """Current rows of `table` whose `column` is one of `values`."""
         key = key_column(table_kind(table))
-        if column == key:
+        if column == key or self._base_is_empty(table):
             base = self.base_rows(table, values)
         else:
             base = self._scan_base(table, column, values)

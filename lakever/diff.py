@@ -107,8 +107,17 @@ class Diff:
         return change
 
     def counts(self) -> dict[str, ChangeCounts]:
-        """Rows added, modified and deleted per table."""
-        return {t: _changes.counts(self.rows(t)) for t in self.tables}
+        """Rows added, modified and deleted per table (counted from the feed, no rows built)."""
+        out = {}
+        for t in self.tables:
+            if t in self._rows or not self._same:
+                out[t] = _changes.counts(self.rows(t))
+                continue
+            va = self.a.commit.table_versions.get(t)
+            vb = self.b.commit.table_versions.get(t)
+            key = key_column(table_kind(t))
+            out[t] = _changes.table_counts(self.a.dataset.table_location(t), key, va, vb)
+        return out
 
     def summary(self) -> pl.DataFrame:
         """One row per table: table, added, deleted, modified."""

@@ -63,6 +63,7 @@ class Transaction:
         self._operation = operation
         self._ops: list[Operation] = []
         self._summary: list[str] = []
+        self._keys: dict[str, list[pl.Series]] = {}  # keys each table will be asked about
         self.result: Commit | None = None
 
     def __enter__(self) -> Transaction:
@@ -82,10 +83,26 @@ class Transaction:
         if self.result is not None:
             return self.result
         message = self._message or "; ".join(self._summary) or self._operation
+        ops = [self._prefetch, *self._ops] if self._keys else self._ops
         self.result = self._dataset._run(
-            self._ops, message=message, author=self._author, operation=self._operation
+            ops, message=message, author=self._author, operation=self._operation
         )
         return self.result
+
+    def _prefetch(self, st: Stage) -> None:
+        """Look up every key the operations will ask about in one read per table."""
+        for table, parts in self._keys.items():
+            st.base_rows(table, pl.concat(parts).unique())
+
+    def _expect(self, table: str, values: Any) -> None:
+        """Note keys of `table` the operations will look up (bad values are ignored here)."""
+        if values is None:
+            return
+        try:
+            series = pl.Series(values).cast(pl.String, strict=False).drop_nulls()
+        except Exception:
+            return  # validation reports it when the operation runs
+        self._keys.setdefault(table, []).append(series.rename("key"))
 
     def _add(self, summary: str, op: Operation, *, rows: int) -> None:
         if self.result is not None:
@@ -100,6 +117,7 @@ class Transaction:
     def add_frames(self, frames: Any) -> None:
         """Add new frames; any frame_id that already exists is refused."""
         df = to_polars(frames)
+        self._expect(FRAMES, df.get_column("frame_id", default=None))
 
         def op(st: Stage) -> None:
             st.put(FRAMES, st.validate(FRAMES, df), require=False)
@@ -109,6 +127,7 @@ class Transaction:
     def upsert_frames(self, frames: Any) -> None:
         """Create frames, or update those whose frame_id exists."""
         df = to_polars(frames)
+        self._expect(FRAMES, df.get_column("frame_id", default=None))
 
         def op(st: Stage) -> None:
             st.put(FRAMES, st.validate(FRAMES, df))
@@ -140,6 +159,8 @@ class Transaction:
     def upsert_labels(self, labels: Any) -> None:
         """Create labels, or update those whose label_id exists."""
         df = to_polars(labels)
+        self._expect(LABELS, df.get_column("label_id", default=None))
+        self._expect(FRAMES, df.get_column("frame_id", default=None))
 
         def op(st: Stage) -> None:
             rows = st.validate(LABELS, df)
@@ -151,6 +172,7 @@ class Transaction:
     def delete_labels(self, label_ids: Iterable[str] | str, *, missing_ok: bool = False) -> None:
         """Delete labels by label_id."""
         ids = _ids(label_ids)
+        self._expect(LABELS, ids)
 
         def op(st: Stage) -> None:
             st.delete(LABELS, ids, missing_ok=missing_ok)

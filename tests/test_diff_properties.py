@@ -162,7 +162,8 @@ def as_model(change: pl.DataFrame, cols: list[str]) -> dict[str, tuple]:
 
 
 def run_scenario(lake: lv.Lake, data: st.DataObject, steps: int) -> None:
-    ds = lake.create_dataset(f"prop{next(_names)}", classes=CLASSES)
+    edits = data.draw(st.sampled_from(["merge-on-read", "copy-on-write"]), label="edits")
+    ds = lake.create_dataset(f"prop{next(_names)}", classes=CLASSES, edits=edits)
     versions: list[State] = [{"frames": {}, "labels": {}}]  # index = commit seq
     for _ in range(steps):
         state = copy(versions[-1])
@@ -197,6 +198,8 @@ def run_scenario(lake: lv.Lake, data: st.DataObject, steps: int) -> None:
             full = _changes.full_change(loc, va, loc, vb, key)
             assert as_model(via_cdf, cols) == expected, (table, i, j)
             assert as_model(full, cols) == expected, (table, i, j)
+            counted = _changes.table_counts(loc, key, va, vb)  # what summary() uses
+            assert counted == _changes.counts(via_cdf), (table, i, j)
         # history replays to the value at every commit
         for k in sorted({k for v in versions for k in v[table]}):
             h = ds.history(**{key: k}).filter(pl.col("table") == table)

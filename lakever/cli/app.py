@@ -153,6 +153,13 @@ def create(
     verbose: Verbose = False,
     description: Annotated[str, typer.Option(help="Free text.")] = "",
     project: Annotated[str | None, typer.Option(help="Project name.")] = None,
+    edits: Annotated[
+        str,
+        typer.Option(
+            help="merge-on-read (deletion vectors, the default) or copy-on-write "
+            "(for readers without deletion-vector support)."
+        ),
+    ] = "merge-on-read",
 ) -> None:
     """Create an empty dataset."""
     ds = lv.connect(uri).create_dataset(
@@ -160,6 +167,7 @@ def create(
         classes=[c.strip() for c in classes.split(",") if c.strip()],
         description=description,
         project=project,
+        edits=edits,
     )
     if json_out:
         o.emit_json(ds.head.to_dict())
