@@ -413,20 +413,7 @@ def _write_vectors(
         target = loc.child(f"deletion_vector_{file_id}.bin")
         written.append(target)
         target.put(content)
-    actions: list[dict[str, Any]] = []
-    for path in sorted(marks):
-        old = files.adds[path]
-        remove = {
-            "path": path,
-            "deletionTimestamp": now,
-            "dataChange": True,
-            "extendedFileMetadata": True,
-            "partitionValues": old.get("partitionValues", {}),
-            "size": old["size"],
-        }
-        if old.get("deletionVector"):
-            remove["deletionVector"] = old["deletionVector"]
-        actions.append({"remove": remove})
+    actions: list[dict[str, Any]] = [_remove(files.adds[p], now) for p in sorted(marks)]
     for (path, mark), blob, offset in zip(kept, blobs, offsets if kept else [], strict=True):
         add = {k: v for k, v in files.adds[path].items() if k != "deletionVector"}
         st = _deltalog.stats(add)
@@ -443,6 +430,21 @@ def _write_vectors(
         }
         actions.append({"add": add})
     return actions
+
+
+def _remove(add: Mapping[str, Any], now: int) -> dict[str, Any]:
+    """The `remove` action of a live file, with the vector it had."""
+    remove = {
+        "path": add["path"],
+        "deletionTimestamp": now,
+        "dataChange": True,
+        "extendedFileMetadata": True,
+        "partitionValues": add.get("partitionValues", {}),
+        "size": add["size"],
+    }
+    if add.get("deletionVector"):
+        remove["deletionVector"] = add["deletionVector"]
+    return {"remove": remove}
 
 
 def _write_cdc(
@@ -562,19 +564,7 @@ def restore(
             {"num_removed_file": len(gone), "num_restored_file": len(back)},
         )
     ]
-    for path in gone:
-        add = cur.adds[path]
-        remove = {
-            "path": path,
-            "deletionTimestamp": now,
-            "dataChange": True,
-            "extendedFileMetadata": True,
-            "partitionValues": add.get("partitionValues", {}),
-            "size": add["size"],
-        }
-        if add.get("deletionVector"):
-            remove["deletionVector"] = add["deletionVector"]
-        actions.append({"remove": remove})
+    actions += [_remove(cur.adds[p], now) for p in gone]
     actions += [{"add": {**old.adds[p], "dataChange": True}} for p in back]
     written: list[Location] = []
     try:
