@@ -235,3 +235,47 @@ def test_edits_and_revert_with_vectors_on_every_backend(lake: lv.Lake) -> None:
     ds.revert("base")
     assert ds.read("labels").sort("label_id").equals(base)
     assert ds.diff("base").summary().filter(pl.col("table") == "labels")["modified"][0] == 0
+
+
+def test_failed_edit_leaves_nothing_and_blocks_no_one(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store error while publishing the vectors' Delta commit, then one after it."""
+    from lakever.commits import CommitLog
+
+    ds = local_lake.create_dataset("fail", classes=CLASSES)
+    fids = [f"f{i:03d}" for i in range(20)]
+    ds.add_frames(frames(fids))
+    ds.upsert_labels(labels(fids, per_frame=3))
+    before = ds.read("labels").sort("label_id")
+    root = Path(ds.table_location("labels").uri)
+    files_before = {p.name for p in root.iterdir() if p.is_file()}
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise lv.StorageError("injected: the store refused the log entry")
+
+    with monkeypatch.context() as m:
+        m.setattr(_mor, "_publish", broken)
+        with pytest.raises(lv.StorageError, match="injected"):
+            ds.upsert_labels(labels(fids[:4], per_frame=3, cls="bike"))
+    # the data, vector and cdc files it wrote are gone; content is HEAD's
+    assert {p.name for p in root.iterdir() if p.is_file()} == files_before
+    assert not any((root / "_change_data").glob("*"))
+    assert ds.read("labels").sort("label_id").equals(before)
+
+    real = CommitLog.publish
+
+    def refuse_once(self: CommitLog, commit: object) -> bool:
+        monkeypatch.setattr(CommitLog, "publish", real)
+        raise lv.StorageError("injected: commit record refused")
+
+    monkeypatch.setattr(CommitLog, "publish", refuse_once)
+    with pytest.raises(lv.StorageError, match="commit record refused"):
+        ds.upsert_labels(labels(fids[:4], per_frame=3, cls="bike"))
+    # the vectors it published in the labels table were rolled back, exactly
+    dt = DeltaTable(str(root))
+    assert pl.read_delta(str(root), version=dt.version()).sort("label_id").equals(before)
+    # the next writer commits at once, and the diff sees only its change
+    c = ds.upsert_labels(labels(fids[:2], per_frame=3, cls="truck"))
+    assert c.counts["labels"].modified == 6
+    assert ds.diff(c.seq - 1).summary().filter(pl.col("table") == "labels")["modified"][0] == 6
