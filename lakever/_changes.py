@@ -23,7 +23,7 @@ import logging
 
 import polars as pl
 
-from lakever import _delta
+from lakever import _delta, _feed
 from lakever.commits import ChangeCounts
 from lakever.storage import Location
 
@@ -113,7 +113,11 @@ def cdf_change(
         return empty_change_frame(key, schema)
     if start > end:
         return mirror(cdf_change(loc, key, end, start, predicate=predicate))
-    events = _delta.read_cdf(loc, start + 1, end, predicate=predicate)
+    events = (
+        _feed.changes(loc, start + 1, end)
+        if predicate is None
+        else _delta.read_cdf(loc, start + 1, end, predicate=predicate)
+    )
     schema = _union_columns(_delta.schema_at(loc, end), _delta.schema_at(loc, start))
     if events.is_empty():
         return empty_change_frame(key, schema)
@@ -186,7 +190,7 @@ def table_counts(
         return ChangeCounts()
     lo, hi = min(start, end), max(start, end)
     try:
-        events = _delta.read_cdf(loc, lo + 1, hi)
+        events = _feed.changes(loc, lo + 1, hi)
     except Exception as exc:
         log.info(
             "change feed of %s cannot cover %s..%s (%s); counting in full", loc.uri, lo, hi, exc

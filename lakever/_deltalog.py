@@ -77,6 +77,16 @@ def version_file(version: int) -> str:
     return f"{version:020d}.json"
 
 
+def latest_version(loc: Location) -> int | None:
+    """The newest committed version of a table, from one listing of its log (None: no table)."""
+    versions = [
+        int(name[:20])
+        for name in loc.child("_delta_log").list_names()
+        if len(name) == 25 and name.endswith(".json") and name[:20].isdigit()
+    ]
+    return max(versions) if versions else None
+
+
 def files_at(loc: Location, version: int) -> TableFiles:
     """The live files of `loc` at `version`, replayed from the log (cached)."""
     with _lock:
@@ -227,6 +237,22 @@ def _apply_commits(state: _State, log_dir: Location, versions: Iterable[int]) ->
         for action in actions:
             if action.get("remove") is None:
                 state.apply(action)
+
+
+def commit_actions(loc: Location, versions: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+    """The actions of each commit, read from its JSON log entry, by version."""
+    log_dir = loc.child("_delta_log")
+    wanted = {v: log_dir.child(version_file(v)) for v in versions}
+    if not wanted:
+        return {}
+    blobs = log_dir.cat_many(list(wanted.values()))
+    out = {}
+    for v, where in wanted.items():
+        data = blobs.get(where.uri)
+        if data is None:
+            raise StorageError(f"Delta log entry {where.uri} is missing")
+        out[v] = [json.loads(line) for line in data.splitlines() if line.strip()]
+    return out
 
 
 # -- statistics ----------------------------------------------------------------------

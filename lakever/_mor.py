@@ -29,7 +29,6 @@ import contextlib
 import io
 import json
 import time
-import urllib.parse
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,13 +49,9 @@ from lakever._delta import (
     props,
     require_available,
 )
+from lakever._feed import FILE_COLUMN, POS_COLUMN, file_uri, live_rows
 from lakever.errors import LakeverError, StorageError
 from lakever.storage import Location
-
-#: Column of `lookup` results naming the file a row lives in (relative to the table).
-FILE_COLUMN = "_lakever_file"
-#: Column of `lookup` results holding the row's position in its file.
-POS_COLUMN = "_lakever_pos"
 
 #: A file whose deleted rows reach this fraction is rewritten instead of marked.
 REWRITE_FRACTION = 0.1
@@ -93,11 +88,6 @@ def candidate_files(files: _deltalog.TableFiles, column: str, values: pl.Series)
     return sorted(out)
 
 
-def file_uri(loc: Location, path: str) -> str:
-    """The full URI of a data file named in the log."""
-    return loc.child(urllib.parse.unquote(path)).uri
-
-
 def lookup(
     loc: Location,
     version: int,
@@ -128,42 +118,6 @@ def lookup(
         [pl.col(n).cast(t) for n, t in schema.items()]
         + [pl.col(FILE_COLUMN), pl.col(POS_COLUMN).cast(pl.Int64)]
     )
-
-
-def live_rows(
-    loc: Location,
-    files: _deltalog.TableFiles,
-    paths: list[str],
-    *,
-    table: str,
-    where: pl.Expr | None = None,
-) -> list[pl.DataFrame]:
-    """The rows of each file that its deletion vector keeps (optionally filtered).
-
-    Each frame has the file's columns plus `FILE_COLUMN` and `POS_COLUMN`.
-    """
-    queries = []
-    try:
-        with boundary(f"read version {files.version} of", loc.uri):
-            for path in paths:
-                # The row index is physical even with the filter pushed into the
-                # reader (row groups skipped by their statistics).
-                lf = pl.scan_parquet(
-                    file_uri(loc, path),
-                    storage_options=loc.delta_options(),
-                    row_index_name=POS_COLUMN,
-                )
-                if where is not None:
-                    lf = lf.filter(where)
-                dv = files.adds[path].get("deletionVector")
-                if dv:
-                    dead = pl.Series(list(_deltalog.read_vector(loc, dv)), dtype=pl.Int64)
-                    lf = lf.filter(~pl.col(POS_COLUMN).cast(pl.Int64).is_in(dead.implode()))
-                queries.append(lf.with_columns(pl.lit(path).alias(FILE_COLUMN)))
-            return pl.collect_all(queries)
-    except StorageError:
-        require_available(loc, files.version, table=table)
-        raise
 
 
 # -- the edit commit -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from lakever import _delta, _deltalog, _mor
+from lakever import _delta, _deltalog, _feed, _mor
 from lakever.commits import ChangeCounts, Commit
 from lakever.errors import RowError, RowNotFoundError, ValidationError, VersionUnavailableError
 from lakever.schema import key_column, prepare_rows, table_kind
@@ -113,9 +113,9 @@ class Stage:
         if self._positions_version.setdefault(table, v) != v:
             self._positions_version[table] = -1  # mixed versions: the writer looks again
         self._positions.setdefault(table, []).append(
-            found.select(key, _mor.FILE_COLUMN, _mor.POS_COLUMN)
+            found.select(key, _feed.FILE_COLUMN, _feed.POS_COLUMN)
         )
-        return found.drop(_mor.FILE_COLUMN, _mor.POS_COLUMN)
+        return found.drop(_feed.FILE_COLUMN, _feed.POS_COLUMN)
 
     def _base_is_empty(self, table: str) -> bool:
         """Whether the table has no rows at the base (absent, or no live files)."""
@@ -375,7 +375,7 @@ class Stage:
         positions = (
             pl.concat(found).unique(subset=[key]).filter(pl.col(key).is_in(marked))
             if found
-            else pl.DataFrame(schema={key: pl.String, _mor.FILE_COLUMN: pl.String})
+            else pl.DataFrame(schema={key: pl.String, _feed.FILE_COLUMN: pl.String})
         )
         return TableChange(
             table,

@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable
 
-from lakever import _delta
+from lakever import _delta, _deltalog
 from lakever.commits import ChangeCounts, Commit
 from lakever.errors import (
     ConflictError,
@@ -102,6 +102,7 @@ class TagTable:
 
     def __init__(self, location: Location) -> None:
         self.location = location
+        self._rows: tuple[int, pl.DataFrame] | None = None  # newest version read, its rows
 
     def ensure(self) -> None:
         """Create the empty tag table if it does not exist yet."""
@@ -119,12 +120,20 @@ class TagTable:
         return dt
 
     def frame(self) -> pl.DataFrame:
-        """All snapshot rows, oldest first (none if the table was never made: reads never write)."""
-        dt = _delta.open_latest(self.location)
-        if dt is None:
+        """All snapshot rows, oldest first (none if the table was never made: reads never write).
+
+        The newest version comes from one listing of the table's log; the rows
+        of a version never change, so they are read once per handle.
+        """
+        version = _deltalog.latest_version(self.location)
+        if version is None:
             return pl.DataFrame(schema=TAG_SCHEMA)
-        lazy = _delta.scan(self.location, dt.version()).sort("created_at", "name")
-        return _delta.collect(self.location, dt.version(), lazy, table="snapshots")
+        if self._rows is not None and self._rows[0] == version:
+            return self._rows[1]
+        lazy = _delta.scan(self.location, version).sort("created_at", "name")
+        rows = _delta.collect(self.location, version, lazy, table="snapshots")
+        self._rows = (version, rows)
+        return rows
 
     def snapshots(self) -> list[Snapshot]:
         """Every snapshot, oldest first."""

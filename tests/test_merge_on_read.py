@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pyroaring import BitMap64
 
 import lakever as lv
-from lakever import _deltalog, _mor, sample
+from lakever import _deltalog, _feed, _mor, sample
 from tests.helpers import CLASSES, frames, labels
 
 
@@ -120,7 +120,7 @@ def test_lookups_read_only_candidate_files(local_lake: lv.Lake) -> None:
         schema=schema,
     )
     assert found["label_id"].to_list() == ["f3010-l1"]
-    assert found[_mor.FILE_COLUMN].to_list() == cands("f3010-l1")
+    assert found[_feed.FILE_COLUMN].to_list() == cands("f3010-l1")
 
 
 def test_copy_on_write_opt_out_gives_the_same_content(local_lake: lv.Lake) -> None:
