@@ -328,6 +328,8 @@ def _write_data(
     files: _deltalog.TableFiles,
     now: int,
     written: list[Location],
+    *,
+    data_change: bool = True,
 ) -> list[dict[str, Any]]:
     adds = []
     step = _rows_per_file(files)
@@ -344,7 +346,7 @@ def _write_data(
                 "partitionValues": {},
                 "size": len(blob),
                 "modificationTime": now,
-                "dataChange": True,
+                "dataChange": data_change,
                 "stats": _stats(chunk),
             }
         )
@@ -386,12 +388,12 @@ def _write_vectors(
     return actions
 
 
-def _remove(add: Mapping[str, Any], now: int) -> dict[str, Any]:
+def _remove(add: Mapping[str, Any], now: int, *, data_change: bool = True) -> dict[str, Any]:
     """The `remove` action of a live file, with the vector it had."""
     remove = {
         "path": add["path"],
         "deletionTimestamp": now,
-        "dataChange": True,
+        "dataChange": data_change,
         "extendedFileMetadata": True,
         "partitionValues": add.get("partitionValues", {}),
         "size": add["size"],
@@ -469,6 +471,57 @@ def _info(
             **dict(claim),
         }
     }
+
+
+# -- compaction -------------------------------------------------------------------------
+
+
+def compact(
+    dt: DeltaTable,
+    loc: Location,
+    claim: Mapping[str, str],
+    *,
+    table: str,
+    cluster: list[str],
+    min_files: int,
+) -> int:
+    """Merge the small files of a table with vectors into target-size ones, sorted.
+
+    delta-rs OPTIMIZE would also rewrite every file that has a deletion
+    vector, which after scattered edits is the whole table, unsorted. This
+    merges only files under half the target size (their live rows), sorted
+    by `cluster`, leaves large files alone, and marks the actions
+    `dataChange: false` so the change feed does not see it. Returns the
+    table version after it (unchanged when fewer than `min_files` are small).
+    """
+    files = _deltalog.files_at(loc, dt.version())
+    small = sorted(p for p, a in files.adds.items() if int(a["size"]) < TARGET_FILE_SIZE // 2)
+    if len(small) < min_files:
+        return dt.version()
+    arrow_schema = pa.schema(dt.schema().to_arrow())
+    schema = dict(pl.DataFrame(arrow_schema.empty_table()).schema)
+    rows = _rows(loc, files, small, table=table, schema=schema).sort(cluster)
+    now = int(time.time() * 1000)
+    written: list[Location] = []
+    try:
+        with boundary("compact", loc.uri):
+            adds = _write_data(loc, rows, arrow_schema, files, now, written, data_change=False)
+            actions: list[dict[str, Any]] = [
+                _info(
+                    {**claim, "lakever.compaction": "true"},
+                    now,
+                    "OPTIMIZE",
+                    {"targetSize": str(TARGET_FILE_SIZE)},
+                    {"numFilesRemoved": len(small), "numFilesAdded": len(adds)},
+                )
+            ]
+            actions += [_remove(files.adds[p], now, data_change=False) for p in small]
+            actions += [{"add": a} for a in adds]
+            _publish(loc, files.version, actions)
+    except BaseException:
+        _discard(written)
+        raise
+    return _after_publish(dt, loc, files)
 
 
 # -- restore -------------------------------------------------------------------------------

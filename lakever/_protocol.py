@@ -317,7 +317,7 @@ class CommitRunner:
                 ),
                 claim,
                 table=change.table,
-                cluster=[c for c in ("frame_id", "label_id") if c in change.updates.columns],
+                cluster=_cluster_columns(dt),
             )
         else:
             version = _delta.merge(
@@ -329,7 +329,17 @@ class CommitRunner:
                 claim=claim,
             )
         entry.written = version
-        version = _delta.maybe_compact(dt, claim)
+        if dt.version() % _delta.COMPACT_EVERY == 0 and _mor.supports_vectors(loc, dt.version()):
+            version = _mor.compact(
+                dt,
+                loc,
+                claim,
+                table=change.table,
+                cluster=_cluster_columns(dt),
+                min_files=_delta.COMPACT_MIN_SMALL_FILES,
+            )
+        else:
+            version = _delta.maybe_compact(dt, claim)
         entry.written = version
         _delta.remember(loc, dt)
         return version
@@ -388,6 +398,12 @@ def _count(
     target: int | None,
 ) -> ChangeCounts:
     return count_restore(head, table, target) if count_restore else ChangeCounts()
+
+
+def _cluster_columns(dt: DeltaTable) -> list[str]:
+    """The columns rows are sorted by in a table's files (frame, then label)."""
+    names = {f.name for f in dt.schema().fields}
+    return [c for c in ("frame_id", "label_id") if c in names]
 
 
 def _cluster(rows: pl.DataFrame) -> pl.DataFrame:

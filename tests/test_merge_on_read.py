@@ -279,3 +279,46 @@ def test_failed_edit_leaves_nothing_and_blocks_no_one(
     c = ds.upsert_labels(labels(fids[:2], per_frame=3, cls="truck"))
     assert c.counts["labels"].modified == 6
     assert ds.diff(c.seq - 1).summary().filter(pl.col("table") == "labels")["modified"][0] == 6
+
+
+def test_compaction_merges_small_files_sorted_and_leaves_the_feed_alone(
+    local_lake: lv.Lake,
+) -> None:
+    ds = local_lake.create_dataset("compact", classes=CLASSES)
+    fids = [f"f{i:03d}" for i in range(60)]
+    ds.add_frames(frames(fids))
+    ds.upsert_labels(labels(fids, per_frame=3))
+    ds.create_snapshot("start")
+    loc = ds.table_location("labels")
+    expected = ds.read("labels")
+    for i in range(40):  # each edit: a vector on old files, one small new file
+        batch = labels([fids[(7 * i) % 60]], per_frame=3, cls=CLASSES[i % 4], x=float(i))
+        ds.upsert_labels(batch)
+        expected = expected.update(batch, on="label_id")
+    history = [c for c in DeltaTable(loc.uri).history() if c.get("lakever.compaction")]
+    assert len(history) == 1 and history[0]["operation"] == "OPTIMIZE"
+
+    def is_compaction(v: int) -> bool:
+        entry = log_entry(ds, "labels", v)
+        return any(a.get("commitInfo", {}).get("lakever.compaction") for a in entry)
+
+    version = next(v for v in range(ds.head.table_versions["labels"] + 1) if is_compaction(v))
+    actions = log_entry(ds, "labels", version)
+    assert all(not a[k]["dataChange"] for a in actions for k in ("add", "remove") if k in a)
+    assert not any("cdc" in a for a in actions)
+    merged = [a["add"] for a in actions if "add" in a]
+    assert len(merged) == 1 and "deletionVector" not in merged[0]
+    # the merged file holds live rows only, sorted by frame then label
+    (path,) = [m["path"] for m in merged]
+    rows = pl.read_parquet(Path(loc.uri) / path)
+    assert rows["label_id"].n_unique() == rows.height
+    assert rows.select("frame_id", "label_id").equals(
+        rows.select("frame_id", "label_id").sort("frame_id", "label_id")
+    )
+    got = ds.read("labels").sort("label_id")
+    assert got.equals(expected.sort("label_id").select(got.columns))
+    # diffs and history across the compaction are unchanged
+    s = ds.diff("start").summary().filter(pl.col("table") == "labels").row(0, named=True)
+    assert (s["added"], s["deleted"]) == (0, 0)
+    assert s["modified"] == ds.diff("start").rows("labels").height
+    assert ds.history(label_id="f000-l0").height >= 1
