@@ -117,14 +117,14 @@ class Stage:
         )
         return found.drop(_feed.FILE_COLUMN, _feed.POS_COLUMN)
 
-    def _base_is_empty(self, table: str) -> bool:
+    def base_is_empty(self, table: str) -> bool:
         """Whether the table has no rows at the base (absent, or no live files)."""
         v = self.base_version(table)
         return v is None or not _deltalog.files_at(self._loc(table), v).adds
 
     def base_rows(self, table: str, keys: pl.Series) -> pl.DataFrame:
         """Base rows of the given keys (fetched once, then cached)."""
-        if self._base_is_empty(table):
+        if self.base_is_empty(table):
             return pl.DataFrame(schema=self.schema(table))  # a bulk import checks only its batch
         key = key_column(table_kind(table))
         seen = self._looked_up.get(table)
@@ -166,7 +166,7 @@ class Stage:
     def current_by(self, table: str, column: str, values: pl.Series) -> pl.DataFrame:
         """Current rows of `table` whose `column` is one of `values`."""
         key = key_column(table_kind(table))
-        if column == key or self._base_is_empty(table):
+        if column == key or self.base_is_empty(table):
             base = self.base_rows(table, values)
         else:
             base = self._scan_base(table, column, values)
@@ -361,6 +361,10 @@ class Stage:
         schema = self.schema(table)
         puts = self._puts.get(table, pl.DataFrame(schema={key: pl.String}))
         puts = _align(puts, schema)
+        if self.base_is_empty(table):  # a bulk import: every put is an insert
+            empty = puts.clear()
+            counts = ChangeCounts(added=puts.height)
+            return TableChange(table, key, puts, empty, empty, empty, counts=counts)
         deleted = self._deletes.get(table, set())
         touched = pl.concat([puts[key], pl.Series(key, sorted(deleted), dtype=pl.String)]).unique()
         base = _align(self.base_rows(table, touched), schema)

@@ -92,7 +92,8 @@ class Transaction:
     def _prefetch(self, st: Stage) -> None:
         """Look up every key the operations will ask about in one read per table."""
         for table, parts in self._keys.items():
-            st.base_rows(table, pl.concat(parts).unique())
+            if not st.base_is_empty(table):  # a bulk import has nothing to look up
+                st.base_rows(table, pl.concat(parts).unique())
 
     def _expect(self, table: str, values: Any) -> None:
         """Note keys of `table` the operations will look up (bad values are ignored here)."""
