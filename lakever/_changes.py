@@ -100,24 +100,18 @@ def _with_columns(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFr
     )
 
 
-def cdf_change(
-    loc: Location, key: str, start: int, end: int, *, predicate: str | None = None
-) -> pl.DataFrame:
+def cdf_change(loc: Location, key: str, start: int, end: int) -> pl.DataFrame:
     """Net changes from version `start` to `end` of one table, via its Change Data Feed.
 
     Raises:
-        deltalake errors when the feed cannot cover the range (callers fall back).
+        StorageError when the feed cannot cover the range (callers fall back).
     """
     if start == end:
         schema = _delta.schema_at(loc, max(start, end))
         return empty_change_frame(key, schema)
     if start > end:
-        return mirror(cdf_change(loc, key, end, start, predicate=predicate))
-    events = (
-        _feed.changes(loc, start + 1, end)
-        if predicate is None
-        else _delta.read_cdf(loc, start + 1, end, predicate=predicate)
-    )
+        return mirror(cdf_change(loc, key, end, start))
+    events = _feed.changes(loc, start + 1, end)
     schema = _union_columns(_delta.schema_at(loc, end), _delta.schema_at(loc, start))
     if events.is_empty():
         return empty_change_frame(key, schema)
@@ -199,29 +193,25 @@ def table_counts(
     if events.is_empty():
         return ChangeCounts()
     columns = [c for c in events.columns if c not in _CDF_META]
-    ranked = events.select(
-        *columns,
-        "_commit_version",
-        pl.when(pl.col("_change_type").is_in(_BEFORE_IMAGES))
-        .then(pl.lit(0))
-        .otherwise(pl.lit(1))
-        .alias("__rank"),
-    ).sort(key, "_commit_version", "__rank", maintain_order=True)
-    first = ranked.group_by(key, maintain_order=True).first().filter(pl.col("__rank") == 0)
-    last = ranked.group_by(key, maintain_order=True).last().filter(pl.col("__rank") == 1)
-    joined = first.select(*columns, pl.lit(True).alias("__b")).join(
-        last.select(*columns, pl.lit(True).alias("__a")),
-        on=key,
-        how="full",
-        coalesce=True,
-        suffix="__after",
-    )
     others = [c for c in columns if c != key]
+    # One sort by (key, version, before-image first); the first and last event
+    # of each key then sit at the key's boundaries, aligned row for row.
+    order = pl.col("_commit_version") * 2 + pl.when(
+        pl.col("_change_type").is_in(_BEFORE_IMAGES)
+    ).then(0).otherwise(1)
+    ranked = events.select(*columns, order.alias("__ord")).sort(key, "__ord")
+    k = pl.col(key)
+    first = ranked.filter(k.ne_missing(k.shift(1)) | (pl.int_range(pl.len()) == 0))
+    last = ranked.filter(k.ne_missing(k.shift(-1)) | (pl.int_range(pl.len()) == pl.len() - 1))
+    paired = first.select(
+        (pl.col("__ord") % 2 == 0).alias("__b"),
+        *[pl.col(c).alias(f"{c}__before") for c in others],
+    ).hstack(last.select((pl.col("__ord") % 2 == 1).alias("__a"), *others))
     same = pl.all_horizontal(
-        [pl.col(c).eq_missing(pl.col(f"{c}__after")) for c in others] or [pl.lit(True)]
+        [pl.col(f"{c}__before").eq_missing(pl.col(c)) for c in others] or [pl.lit(True)]
     )
-    b, a = pl.col("__b").fill_null(False), pl.col("__a").fill_null(False)
-    row = joined.select(
+    b, a = pl.col("__b"), pl.col("__a")
+    row = paired.select(
         (a & ~b).sum().alias("added"),
         (b & ~a).sum().alias("deleted"),
         (a & b & ~same).sum().alias("modified"),

@@ -340,14 +340,6 @@ def collect(loc: Location, version: int, frame: pl.LazyFrame, *, table: str) -> 
         raise
 
 
-def read_cdf(loc: Location, start: int, end: int, *, predicate: str | None = None) -> pl.DataFrame:
-    """Change Data Feed rows of versions `start`..`end` (inclusive) as Polars."""
-    dt = table_at(loc, end)
-    with boundary(f"read the change feed {start}..{end} of", loc.uri):
-        reader = dt.load_cdf(starting_version=start, ending_version=end, predicate=predicate)
-        return pl.DataFrame(reader)
-
-
 def schema_at(loc: Location, version: int) -> dict[str, pl.DataType]:
     """Column name -> Polars type of the table at `version`."""
     lazy = scan(loc, version)

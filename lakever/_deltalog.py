@@ -239,8 +239,8 @@ def _apply_commits(state: _State, log_dir: Location, versions: Iterable[int]) ->
                 state.apply(action)
 
 
-def commit_actions(loc: Location, versions: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
-    """The actions of each commit, read from its JSON log entry, by version."""
+def commit_lines(loc: Location, versions: Iterable[int]) -> dict[int, list[bytes]]:
+    """The raw action lines of each commit's JSON log entry, by version."""
     log_dir = loc.child("_delta_log")
     wanted = {v: log_dir.child(version_file(v)) for v in versions}
     if not wanted:
@@ -251,7 +251,7 @@ def commit_actions(loc: Location, versions: Iterable[int]) -> dict[int, list[dic
         data = blobs.get(where.uri)
         if data is None:
             raise StorageError(f"Delta log entry {where.uri} is missing")
-        out[v] = [json.loads(line) for line in data.splitlines() if line.strip()]
+        out[v] = data.splitlines()
     return out
 
 

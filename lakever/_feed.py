@@ -13,8 +13,12 @@ ourselves costs less than building its query plan.
 
 from __future__ import annotations
 
+import json
+import threading
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -72,38 +76,88 @@ def live_rows(
         raise
 
 
-def changes(loc: Location, start: int, end: int) -> pl.DataFrame:
+@dataclass(frozen=True)
+class _VersionFeed:
+    """What one commit contributes to the change feed."""
+
+    timestamp: int
+    cdc: tuple[str, ...]  # cdc file paths: when present, they alone describe the commit
+    inserts: tuple[tuple[str, Mapping[str, Any] | None], ...]  # (path, vector) of adds
+    deletes: tuple[tuple[str, Mapping[str, Any] | None], ...]  # (path, vector) of removes
+
+
+_cache: OrderedDict[tuple[str, int, str, str], _VersionFeed] = OrderedDict()
+_CACHE_SIZE = 4096
+_lock = threading.Lock()
+
+
+def _describe(lines: list[bytes]) -> _VersionFeed:
+    # Only the actions the feed needs are parsed: an edit's log entry is
+    # mostly file statistics that a cdc-described commit never looks at.
+    stamp = 0
+    cdc: list[str] = []
+    files: dict[str, list[tuple[str, Mapping[str, Any] | None]]] = {"add": [], "remove": []}
+    wanted = [line for line in lines if line.startswith((b'{"commitInfo"', b'{"cdc"'))]
+    has_cdc = any(line.startswith(b'{"cdc"') for line in wanted)
+    if not has_cdc:
+        wanted = [line for line in lines if line.strip()]
+    for line in wanted:
+        action = json.loads(line)
+        if "commitInfo" in action:
+            stamp = int(action["commitInfo"].get("timestamp", 0))
+        elif "cdc" in action:
+            cdc.append(action["cdc"]["path"])
+        else:
+            for kind in ("add", "remove"):
+                act = action.get(kind)
+                if act and act.get("dataChange", True):
+                    files[kind].append((act["path"], act.get("deletionVector")))
+    if cdc:
+        return _VersionFeed(stamp, tuple(cdc), (), ())
+    return _VersionFeed(stamp, (), tuple(files["add"]), tuple(files["remove"]))
+
+
+def _feeds(loc: Location, start: int, end: int) -> dict[int, _VersionFeed]:
+    """The feed description of each version (log entries never change: cached)."""
+    keys = {v: (loc.uri, v, loc.fingerprint, loc.scope) for v in range(start, end + 1)}
+    out: dict[int, _VersionFeed] = {}
+    with _lock:
+        for v, k in keys.items():
+            hit = _cache.get(k)
+            if hit is not None:
+                out[v] = hit
+    missing = [v for v in keys if v not in out]
+    for v, lines in _deltalog.commit_lines(loc, missing).items():
+        out[v] = _describe(lines)
+        with _lock:
+            _cache[keys[v]] = out[v]
+            while len(_cache) > _CACHE_SIZE:
+                _cache.popitem(last=False)
+    return dict(sorted(out.items()))
+
+
+def changes(loc: Location, start: int, end: int, *, where: pl.Expr | None = None) -> pl.DataFrame:
     """Change-feed rows of versions `start`..`end` (inclusive), like `load_cdf`.
 
     Columns: the table's columns, `_change_type`, `_commit_version`,
-    `_commit_timestamp` (ms). Raises `StorageError` when a file is gone
-    (callers then compare in full).
+    `_commit_timestamp` (ms). `where` filters rows inside each file read.
+    Raises `StorageError` when a file is gone (callers then compare in full).
     """
-    commits = _deltalog.commit_actions(loc, range(start, end + 1))
     queries: list[pl.LazyFrame] = []
     with boundary(f"read the change feed {start}..{end} of", loc.uri):
-        for version, actions in commits.items():
-            stamp = next(
-                (a["commitInfo"].get("timestamp", 0) for a in actions if "commitInfo" in a), 0
-            )
+        for version, feed in _feeds(loc, start, end).items():
             meta = [
                 pl.lit(version, dtype=pl.Int64).alias("_commit_version"),
-                pl.lit(stamp, dtype=pl.Int64).alias("_commit_timestamp"),
+                pl.lit(feed.timestamp, dtype=pl.Int64).alias("_commit_timestamp"),
             ]
-            cdc = [a["cdc"] for a in actions if a.get("cdc")]
-            if cdc:
-                for c in cdc:
-                    lf = pl.scan_parquet(
-                        file_uri(loc, c["path"]), storage_options=loc.delta_options()
-                    )
-                    queries.append(lf.with_columns(meta))
-                continue
-            for kind, change in (("add", "insert"), ("remove", "delete")):
-                for a in actions:
-                    act = a.get(kind)
-                    if not act or not act.get("dataChange", True):
-                        continue
-                    lf = _scan(loc, act["path"], act.get("deletionVector"), None)
+            for path in feed.cdc:
+                lf = pl.scan_parquet(file_uri(loc, path), storage_options=loc.delta_options())
+                if where is not None:
+                    lf = lf.filter(where)
+                queries.append(lf.with_columns(meta))
+            for found, change in ((feed.inserts, "insert"), (feed.deletes, "delete")):
+                for path, dv in found:
+                    lf = _scan(loc, path, dv, where)
                     queries.append(
                         lf.drop(FILE_COLUMN, POS_COLUMN).with_columns(
                             pl.lit(change).alias("_change_type"), *meta

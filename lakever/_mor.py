@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -52,6 +53,8 @@ from lakever._delta import (
 from lakever._feed import FILE_COLUMN, POS_COLUMN, file_uri, live_rows
 from lakever.errors import LakeverError, StorageError
 from lakever.storage import Location
+
+log = logging.getLogger("lakever")
 
 #: A file whose deleted rows reach this fraction is rewritten instead of marked.
 REWRITE_FRACTION = 0.1
@@ -231,8 +234,11 @@ def _after_publish(dt: DeltaTable, loc: Location, files: _deltalog.TableFiles) -
         dt.load_as_version(version)
     interval = int(files.configuration.get("delta.checkpointInterval", "100"))
     if version % interval == 0:
-        with boundary("checkpoint", loc.uri):
-            dt.create_checkpoint()
+        try:  # an optimisation: a failed checkpoint must not fail the commit
+            with boundary("checkpoint", loc.uri):
+                dt.create_checkpoint()
+        except StorageError as exc:
+            log.warning("could not checkpoint version %s of %s: %s", version, loc.uri, exc)
     return version
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lakever import _delta
+from lakever import _feed
 from lakever.commits import Commit
 from lakever.errors import InvalidInputError, RowNotFoundError
 from lakever.schema import FRAMES, LABELS
@@ -83,10 +83,10 @@ class _KeyStates:
         return {k: v for k, v in self.events[i].items() if k not in _META}
 
 
-def _events(ds: Dataset, table: str, upto: int, predicate: str) -> pl.DataFrame:
+def _events(ds: Dataset, table: str, upto: int, where: pl.Expr) -> pl.DataFrame:
     if upto < 1:
         return pl.DataFrame()
-    return _delta.read_cdf(ds.table_location(table), 1, upto, predicate=predicate)
+    return _feed.changes(ds.table_location(table), 1, upto, where=where)
 
 
 def _walk(
@@ -145,19 +145,17 @@ def history(
 
     rows: list[dict[str, Any]] = []
     if frame_id is not None:
-        lit = _delta.sql_literal(frame_id)
-        rows += _walk(
-            commits, FRAMES, "frame_id", _events(ds, FRAMES, upto(FRAMES), f"frame_id = {lit}")
-        )
-        on_frame = _events(ds, LABELS, upto(LABELS), f"frame_id = {lit}")
+        this_frame = pl.col("frame_id") == frame_id
+        rows += _walk(commits, FRAMES, "frame_id", _events(ds, FRAMES, upto(FRAMES), this_frame))
+        on_frame = _events(ds, LABELS, upto(LABELS), this_frame)
         if not on_frame.is_empty():
-            ids = sorted(set(on_frame["label_id"].to_list()))
-            pred = "label_id IN (" + ", ".join(_delta.sql_literal(i) for i in ids) + ")"
-            rows += _walk(commits, LABELS, "label_id", _events(ds, LABELS, upto(LABELS), pred))
+            ids = pl.Series(sorted(set(on_frame["label_id"].to_list())), dtype=pl.String)
+            where = pl.col("label_id").is_in(ids.implode())
+            rows += _walk(commits, LABELS, "label_id", _events(ds, LABELS, upto(LABELS), where))
     else:
         assert label_id is not None
-        pred = f"label_id = {_delta.sql_literal(label_id)}"
-        rows += _walk(commits, LABELS, "label_id", _events(ds, LABELS, upto(LABELS), pred))
+        where = pl.col("label_id") == label_id
+        rows += _walk(commits, LABELS, "label_id", _events(ds, LABELS, upto(LABELS), where))
     if not rows:
         what = f"frame {frame_id!r}" if frame_id is not None else f"label {label_id!r}"
         raise RowNotFoundError(
