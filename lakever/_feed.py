@@ -62,14 +62,18 @@ def live_rows(
     *,
     table: str,
     where: pl.Expr | None = None,
+    columns: list[str] | None = None,
 ) -> list[pl.DataFrame]:
     """The rows of each file that its deletion vector keeps (optionally filtered).
 
-    Each frame has the file's columns plus `FILE_COLUMN` and `POS_COLUMN`.
+    Each frame has the file's columns (or only `columns`, which every file
+    must have) plus `FILE_COLUMN` and `POS_COLUMN`.
     """
     try:
         with boundary(f"read version {files.version} of", loc.uri):
             queries = [_scan(loc, p, files.adds[p].get("deletionVector"), where) for p in paths]
+            if columns is not None:
+                queries = [q.select(*columns, FILE_COLUMN, POS_COLUMN) for q in queries]
             return pl.collect_all(queries)
     except StorageError:
         require_available(loc, files.version, table=table)

@@ -59,6 +59,9 @@ log = logging.getLogger("lakever")
 #: A file whose deleted rows reach this fraction is rewritten instead of marked.
 REWRITE_FRACTION = 0.1
 
+#: Lookups of at most this many keys filter inside each file's scan.
+PUSHDOWN_KEYS = 10_000
+
 #: Values of this length or more in string statistics may be truncated.
 _STAT_PREFIX = 32
 
@@ -99,13 +102,16 @@ def lookup(
     *,
     table: str,
     schema: Mapping[str, pl.DataType],
+    key_only: bool = False,
 ) -> pl.DataFrame:
     """Live rows of the table at `version` whose `column` is one of `values`.
 
     Reads only the candidate files (see `candidate_files`) and drops rows their
     deletion vectors mark. The result has the table's columns (cast to
-    `schema`) plus `FILE_COLUMN` and `POS_COLUMN`.
+    `schema`; only `column` when `key_only`) plus `FILE_COLUMN` and `POS_COLUMN`.
     """
+    if key_only:
+        schema = {column: pl.String()}
     empty = pl.DataFrame(schema={**schema, FILE_COLUMN: pl.String, POS_COLUMN: pl.Int64})
     files = _deltalog.files_at(loc, version)
     if not files.adds or values.is_empty():
@@ -115,12 +121,43 @@ def lookup(
     if not paths:
         return empty
     match = pl.col(column).is_in(wanted.implode())
-    parts = live_rows(loc, files, paths, table=table, where=match)
+    # A few keys: filter inside each file's scan (row groups skipped by their
+    # statistics). Many keys: one filter after reading, so the set of keys is
+    # hashed once instead of once per file.
+    few = wanted.len() <= PUSHDOWN_KEYS
+    parts = live_rows(
+        loc,
+        files,
+        paths,
+        table=table,
+        where=match if few else None,
+        columns=[column] if key_only else None,
+    )
     rows = pl.concat([empty, *parts], how="diagonal_relaxed")
+    if not few:
+        rows = rows.filter(match)
     return rows.select(
         [pl.col(n).cast(t) for n, t in schema.items()]
         + [pl.col(FILE_COLUMN), pl.col(POS_COLUMN).cast(pl.Int64)]
     )
+
+
+def keys_between(
+    loc: Location, version: int, column: str, lo: str, hi: str, *, table: str
+) -> pl.DataFrame:
+    """The `column` values of live rows in files whose statistics overlap [`lo`, `hi`]."""
+    files = _deltalog.files_at(loc, version)
+    paths = []
+    for path, add in files.adds.items():
+        b = _deltalog.bounds(add, column)
+        flo, fhi = (None, None) if b is None else (str(b[0]), str(b[1]))
+        if fhi is not None and len(fhi) >= _STAT_PREFIX:
+            fhi += "\U0010ffff"
+        if flo is None or fhi is None or (flo <= hi and fhi >= lo):
+            paths.append(path)
+    parts = live_rows(loc, files, sorted(paths), table=table, columns=[column]) if paths else []
+    empty = pl.DataFrame(schema={column: pl.String})
+    return pl.concat([empty, *[p.select(column) for p in parts]])
 
 
 # -- the edit commit -----------------------------------------------------------------------

@@ -72,6 +72,8 @@ class Stage:
         self._replaces: dict[str, tuple[pl.DataFrame, ChangeCounts]] = {}
         self._schemas: dict[str, dict[str, pl.DataType]] = {}
         self._positions: dict[str, list[pl.DataFrame]] = {}
+        self._checked: dict[str, pl.Series] = {}  # keys whose base existence is known...
+        self._exists: dict[str, pl.Series] = {}  # ...and those of them that exist
         self._positions_version: dict[str, int] = {}
 
     # -- the base version ------------------------------------------------------
@@ -92,23 +94,39 @@ class Stage:
                 out.setdefault(name, dtype)
         return out
 
-    def _scan_base(self, table: str, column: str, values: pl.Series) -> pl.DataFrame:
-        """Base rows whose `column` is one of `values`, read from the files stats allow."""
+    def _at_base(self, table: str, read: Callable[[int], pl.DataFrame]) -> tuple[pl.DataFrame, int]:
+        """`read(version)` at the base version of `table`; the version it was read at.
+
+        If an outside OPTIMIZE + forced VACUUM took the base version's files
+        (not its rows), the same rows are read from the version that holds them.
+        """
         v = self.base_version(table)
-        if v is None or values.is_empty():
-            return pl.DataFrame(schema=self.schema(table))
-        loc = self._loc(table)
-        schema = self.schema(table)
+        assert v is not None
         try:
-            found = _mor.lookup(loc, v, column, values, table=table, schema=schema)
+            return read(v), v
         except VersionUnavailableError:
-            # An outside OPTIMIZE + forced VACUUM took the files, not the rows:
-            # read the same rows from the version that holds them now.
-            later = _delta.same_rows_later(loc, v)
+            later = _delta.same_rows_later(self._loc(table), v)
             if later is None:
                 raise
-            found = _mor.lookup(loc, later, column, values, table=table, schema=schema)
-            v = later
+            return read(later), later
+
+    def _lookup(
+        self, table: str, column: str, values: pl.Series, *, key_only: bool = False
+    ) -> tuple[pl.DataFrame, int]:
+        """Base rows whose `column` is one of `values`, and the version they were read at."""
+        loc, schema = self._loc(table), self.schema(table)
+        return self._at_base(
+            table,
+            lambda v: _mor.lookup(
+                loc, v, column, values, table=table, schema=schema, key_only=key_only
+            ),
+        )
+
+    def _scan_base(self, table: str, column: str, values: pl.Series) -> pl.DataFrame:
+        """Base rows whose `column` is one of `values`, read from the files stats allow."""
+        if self.base_version(table) is None or values.is_empty():
+            return pl.DataFrame(schema=self.schema(table))
+        found, v = self._lookup(table, column, values)
         key = key_column(table_kind(table))
         if self._positions_version.setdefault(table, v) != v:
             self._positions_version[table] = -1  # mixed versions: the writer looks again
@@ -180,10 +198,39 @@ class Stage:
             parts.append(puts.filter(pl.col(column).is_in(values.implode())))
         return pl.concat(parts, how="diagonal_relaxed")
 
-    def existing_keys(self, table: str, keys: pl.Series) -> pl.Series:
-        """Which of `keys` exist in the current state of `table`."""
+    def _base_has(self, table: str, keys: pl.Series) -> pl.Series:
+        """Which of `keys` exist at the base (reading only the key column of what is unknown)."""
         key = key_column(table_kind(table))
-        return self.current_by(table, key, keys)[key]
+        if self.base_is_empty(table) or keys.is_empty():
+            return pl.Series(key, [], dtype=pl.String)
+        known = [s for s in (self._looked_up.get(table), self._checked.get(table)) if s is not None]
+        unknown = keys.unique()
+        if known:
+            unknown = unknown.filter(~unknown.is_in(pl.concat(known).implode()))
+        if not unknown.is_empty():
+            found = self._lookup(table, key, unknown, key_only=True)[0][key]
+            self._exists[table] = pl.concat([self._exists.get(table, found.clear()), found])
+            self._checked[table] = pl.concat([self._checked.get(table, unknown.clear()), unknown])
+        present = [s for s in (self._exists.get(table),) if s is not None]
+        base = self._base.get(table)
+        if base is not None:
+            present.append(base[key])
+        if not present:
+            return pl.Series(key, [], dtype=pl.String)
+        return keys.filter(keys.is_in(pl.concat(present).implode()))
+
+    def existing_keys(self, table: str, keys: pl.Series) -> pl.Series:
+        """Which of `keys` exist in the current state of `table` (base, then staged changes)."""
+        key = key_column(table_kind(table))
+        deleted = self._deletes.get(table, set())
+        base = self._base_has(table, keys)
+        if deleted:
+            base = base.filter(~base.is_in(list(deleted)))
+        parts = [base.rename(key)]
+        puts = self._puts.get(table)
+        if puts is not None:
+            parts.append(puts[key].filter(puts[key].is_in(keys.implode())))
+        return pl.concat(parts).unique()
 
     # -- operations -------------------------------------------------------------
 
@@ -268,11 +315,11 @@ class Stage:
             pinned: for inference sets, the seq they are pinned to: a frame that
                 existed there counts too, even if deleted since.
         """
-        frame_ids = rows["frame_id"].unique()
-        present = self.existing_keys("frames", frame_ids)
-        absent = frame_ids.filter(~frame_ids.is_in(present.implode()))
+        absent = self._absent_frames(rows["frame_id"])
+        if absent.is_empty():
+            return
         where = "in the frames table"
-        if pinned is not None and not absent.is_empty():
+        if pinned is not None:
             where = f"now or at commit {pinned}, the version this inference set is pinned to"
             if pinned <= self.head.seq and self._commit_at is not None:
                 commit = self._commit_at(pinned)
@@ -282,8 +329,8 @@ class Stage:
                 found = _mor.lookup(
                     loc, version, "frame_id", absent, table="frames", schema=schema
                 )["frame_id"]
-                present = pl.concat([present, found])
-        bad = rows.filter(~pl.col("frame_id").is_in(present.implode()))
+                absent = absent.filter(~absent.is_in(found.implode()))
+        bad = rows.filter(pl.col("frame_id").is_in(absent.implode()))
         if not bad.is_empty():
             key = key_column(table_kind(table))
             raise ValidationError(
@@ -295,6 +342,30 @@ class Stage:
                     for k, f in zip(bad[key].to_list(), bad["frame_id"].to_list(), strict=True)
                 ],
             )
+
+    def _absent_frames(self, frame_ids: pl.Series) -> pl.Series:
+        """The distinct values of `frame_ids` that name no frame in the current state."""
+        if frame_ids.len() <= _mor.PUSHDOWN_KEYS:
+            wanted = frame_ids.unique()
+            present = self.existing_keys("frames", wanted)
+            return wanted.filter(~wanted.is_in(present.implode()))
+        # A large batch (a bulk import): read the frame ids in its range once and
+        # anti-join, instead of hashing millions of values into sets twice.
+        parts = [pl.Series("frame_id", [], dtype=pl.String)]
+        if not self.base_is_empty("frames"):
+            lo, hi = str(frame_ids.min()), str(frame_ids.max())
+            loc = self._loc("frames")
+            base = self._at_base(
+                "frames", lambda v: _mor.keys_between(loc, v, "frame_id", lo, hi, table="frames")
+            )[0]["frame_id"]
+            deleted = self._deletes.get("frames")
+            parts.append(base.filter(~base.is_in(list(deleted))) if deleted else base)
+        puts = self._puts.get("frames")
+        if puts is not None:
+            parts.append(puts["frame_id"])
+        existing = pl.DataFrame({"frame_id": pl.concat(parts)})
+        missing = pl.DataFrame({"frame_id": frame_ids}).join(existing, on="frame_id", how="anti")
+        return missing["frame_id"].unique()
 
     def restore_table(self, table: str, version: int | None) -> None:
         """Make `table` equal its content at `version` (None: the table is dropped)."""

@@ -63,7 +63,7 @@ class Transaction:
         self._operation = operation
         self._ops: list[Operation] = []
         self._summary: list[str] = []
-        self._keys: dict[str, list[pl.Series]] = {}  # keys each table will be asked about
+        self._keys: dict[str, list[pl.Series]] = {}  # keys whose rows each table will need
         self.result: Commit | None = None
 
     def __enter__(self) -> Transaction:
@@ -96,7 +96,7 @@ class Transaction:
                 st.base_rows(table, pl.concat(parts).unique())
 
     def _expect(self, table: str, values: Any) -> None:
-        """Note keys of `table` the operations will look up (bad values are ignored here)."""
+        """Note keys of `table` whose rows the operations will look up (bad values ignored)."""
         if values is None:
             return
         try:
@@ -161,7 +161,6 @@ class Transaction:
         """Create labels, or update those whose label_id exists."""
         df = to_polars(labels)
         self._expect(LABELS, df.get_column("label_id", default=None))
-        self._expect(FRAMES, df.get_column("frame_id", default=None))
 
         def op(st: Stage) -> None:
             rows = st.validate(LABELS, df)

@@ -322,3 +322,28 @@ def test_compaction_merges_small_files_sorted_and_leaves_the_feed_alone(
     assert (s["added"], s["deleted"]) == (0, 0)
     assert s["modified"] == ds.diff("start").rows("labels").height
     assert ds.history(label_id="f000-l0").height >= 1
+
+
+def test_large_batches_check_frames_like_small_ones(local_lake: lv.Lake) -> None:
+    """Batches past the lookup threshold take the range-read + anti-join path."""
+    ds = local_lake.create_dataset("big-batch", classes=CLASSES)
+    fids = [f"f{i:05d}" for i in range(2500)]
+    ds.add_frames(frames(fids))
+    ghosts = ["f00100x", "f01200x", "zz-nowhere"]
+    batch = labels(fids + ghosts, per_frame=5)
+    assert batch.height > _mor.PUSHDOWN_KEYS
+    head = ds.head
+    with pytest.raises(lv.ValidationError) as err:
+        ds.upsert_labels(batch)
+    bad = {(e.rule, e.key) for e in err.value.errors}
+    assert bad == {("missing_frame", f"{g}-l{j}") for g in ghosts for j in range(5)}
+    assert ds.head.seq == head.seq
+    # frames added in the same commit count; frames deleted in it do not
+    with ds.transaction() as tx:
+        tx.add_frames(frames(ghosts))
+        tx.upsert_labels(batch)
+    assert ds.read("labels").height == batch.height
+    with pytest.raises(lv.ValidationError) as err, ds.transaction() as tx:
+        tx.delete_frames(["f00007"])
+        tx.upsert_labels(labels(fids, per_frame=5, cls="bike"))
+    assert {e.key for e in err.value.errors} == {f"f00007-l{j}" for j in range(5)}
