@@ -217,15 +217,21 @@ def write_edit(
     files = _deltalog.files_at(loc, base)
     if DV_FEATURE not in files.reader_features:
         raise LakeverError(f"table {loc.uri} has no deletion-vector feature at version {base}")
-    arrow_schema = pa.schema(dt.schema().to_arrow())
-    schema = dict(pl.DataFrame(pa.Table.from_batches([], schema=arrow_schema)).schema)
+    arrow_schema, schema = _schemas(dt)
     positions = edit.positions
+    touched = pl.concat([edit.updates[edit.key], edit.deletes[edit.key]])
     if edit.positions_version != base:
         # Files changed since the lookup (a neutralised orphan, maintenance from
         # outside): find the rows again where they are now.
-        touched = pl.concat([edit.updates[edit.key], edit.deletes[edit.key]])
         found = lookup(loc, base, edit.key, touched, table=table, schema=schema)
         positions = found.select(edit.key, FILE_COLUMN, POS_COLUMN)
+    if positions.height != touched.len() or positions[edit.key].n_unique() != touched.len():
+        # Every replaced or deleted row must be marked exactly once, or a key
+        # would be live twice (or a delete lost): refuse rather than corrupt.
+        raise StorageError(
+            f"cannot place {touched.len()} edited rows of {loc.uri} at version {base} "
+            f"(found {positions.height}); nothing was written"
+        )
     now = int(time.time() * 1000)
     written: list[Location] = []
     try:
@@ -248,6 +254,12 @@ def write_edit(
         _discard(written)
         raise
     return _after_publish(dt, loc, files)
+
+
+def _schemas(dt: DeltaTable) -> tuple[pa.Schema, dict[str, pl.DataType]]:
+    """The table's schema as Arrow (for writing files) and as Polars types."""
+    arrow_schema = pa.schema(dt.schema().to_arrow())
+    return arrow_schema, dict(pl.DataFrame(arrow_schema.empty_table()).schema)
 
 
 def _publish(loc: Location, base: int, actions: list[dict[str, Any]]) -> None:
@@ -541,8 +553,7 @@ def compact(
     small = sorted(p for p, a in files.adds.items() if int(a["size"]) < TARGET_FILE_SIZE // 2)
     if len(small) < min_files:
         return dt.version()
-    arrow_schema = pa.schema(dt.schema().to_arrow())
-    schema = dict(pl.DataFrame(arrow_schema.empty_table()).schema)
+    arrow_schema, schema = _schemas(dt)
     rows = _rows(loc, files, small, table=table, schema=schema).sort(cluster)
     now = int(time.time() * 1000)
     written: list[Location] = []
@@ -599,8 +610,7 @@ def restore(
     want = {_deltalog.identity(a): p for p, a in old.adds.items()}
     gone = sorted(have[i] for i in set(have) - set(want))
     back = sorted(want[i] for i in set(want) - set(have))
-    arrow_schema = pa.schema(dt.schema().to_arrow())
-    schema = dict(pl.DataFrame(arrow_schema.empty_table()).schema)
+    arrow_schema, schema = _schemas(dt)
     before = _rows(loc, cur, gone, table=table, schema=schema)
     after = _rows(loc, old, back, table=table, schema=schema)
     edit = _net(before, after, key)
