@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
@@ -24,6 +25,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
+from lakever import _deltalog
 from lakever._claims import META_SEQ
 from lakever.errors import LakeverError, StorageError, VersionUnavailableError
 from lakever.storage import Location
@@ -351,39 +353,51 @@ def schema_at(loc: Location, version: int) -> dict[str, pl.DataType]:
 
 
 def data_files(loc: Location, version: int) -> pl.DataFrame:
-    """The data files a version reads: path (relative to the table), size_bytes, num_records."""
-    dt = table_at(loc, version)
-    with boundary(f"list the files of version {version} of", loc.uri):
-        actions = pl.DataFrame(dt.get_add_actions(flatten=True))
-    if actions.is_empty():
-        return pl.DataFrame(
-            schema={"path": pl.String, "size_bytes": pl.Int64, "num_records": pl.Int64}
+    """The data files a version reads: path (relative to the table), size_bytes, num_records.
+
+    `num_records` counts live rows: a file's deletion vector is subtracted.
+    """
+    files = _deltalog.files_at(loc, version)
+    rows = []
+    for path, add in files.adds.items():
+        n = _deltalog.num_records(add)
+        dv = add.get("deletionVector")
+        if n is not None and dv:
+            n -= int(dv.get("cardinality", 0))
+        rows.append(
+            {"path": urllib.parse.unquote(path), "size_bytes": int(add["size"]), "num_records": n}
         )
-    records = (
-        actions.get_column("num_records")
-        if "num_records" in actions.columns
-        else pl.Series("num_records", [None] * actions.height, dtype=pl.Int64)
-    )
     return pl.DataFrame(
-        {
-            "path": actions.get_column("path").cast(pl.String),
-            "size_bytes": actions.get_column("size_bytes").cast(pl.Int64),
-            "num_records": records.cast(pl.Int64),
-        }
+        rows, schema={"path": pl.String, "size_bytes": pl.Int64, "num_records": pl.Int64}
     )
 
 
 def missing_files(loc: Location, version: int) -> list[str]:
-    """Data files of a version that no longer exist (deleted by an outside VACUUM, say)."""
-    paths = data_files(loc, version).get_column("path").to_list()
+    """Files a version reads that no longer exist (deleted by an outside VACUUM, say).
+
+    Data files and the deletion-vector files their vectors live in.
+    """
+    files = _deltalog.files_at(loc, version)
+    paths = {urllib.parse.unquote(p) for p in files.adds}
+    for add in files.adds.values():
+        dv = add.get("deletionVector")
+        where = _deltalog.vector_path(dv) if dv else None
+        if where is not None and "://" not in where and not where.startswith("/"):
+            paths.add(where)
     by_dir: dict[str, list[str]] = {}
     for path in paths:
         folder, _, name = str(path).rpartition("/")
         by_dir.setdefault(folder, []).append(name)
-    missing: list[str] = []
+    missing: set[str] = set()
     for folder, names in sorted(by_dir.items()):
         present = (loc.child(*folder.split("/")) if folder else loc).list_files()
-        missing += [f"{folder}/{n}" if folder else n for n in names if n not in present]
+        missing |= {f"{folder}/{n}" if folder else n for n in names if n not in present}
+    for path, add in files.adds.items():
+        dv = add.get("deletionVector")
+        if dv and _deltalog.vector_path(dv) in missing:
+            # Without its vector a file's live rows are unknown: it is lost too
+            # (reading it whole would bring deleted rows back).
+            missing.add(urllib.parse.unquote(path))
     return sorted(missing)
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pyroaring import BitMap64
 
 import lakever as lv
-from lakever import _deltalog, _feed, _mor, sample
+from lakever import _delta, _deltalog, _feed, _mor, sample
 from tests.helpers import CLASSES, frames, labels
 
 
@@ -347,3 +347,29 @@ def test_large_batches_check_frames_like_small_ones(local_lake: lv.Lake) -> None
         tx.delete_frames(["f00007"])
         tx.upsert_labels(labels(fids, per_frame=5, cls="bike"))
     assert {e.key for e in err.value.errors} == {f"f00007-l{j}" for j in range(5)}
+
+
+def test_a_lost_vector_file_is_reported_like_a_lost_data_file(local_lake: lv.Lake) -> None:
+    ds = local_lake.create_dataset("lost-dv", classes=CLASSES)
+    fids = [f"f{i:03d}" for i in range(50)]
+    ds.add_frames(frames(fids))
+    ds.upsert_labels(labels(fids, per_frame=4))
+    ds.delete_labels([f"{f}-l0" for f in fids[::10]])  # 5 of 200 rows masked
+    loc = ds.table_location("labels")
+    version = ds.head.table_versions["labels"]
+    files = _deltalog.files_at(loc, version)
+    (dv,) = [a["deletionVector"] for a in files.adds.values() if a.get("deletionVector")]
+    assert _delta.data_files(loc, version)["num_records"].sum() == 195  # live rows only
+    bin_file = _deltalog.vector_path(dv)
+    assert bin_file is not None
+    (Path(loc.uri) / bin_file).unlink()
+    _delta._available.clear()
+    with pytest.raises(lv.VersionUnavailableError) as err:
+        ds.read("labels")
+    (data_file,) = [p for p, a in files.adds.items() if a.get("deletionVector")]
+    # without its vector the data file's live rows are unknown: it counts as lost too
+    assert sorted(err.value.missing) == sorted([bin_file, data_file])
+    report = ds.repair()
+    assert "lost 2 file(s), 195 row(s)" in report.describe()
+    ds.repair(apply=True)
+    assert ds.read("labels").height == 0  # nothing deleted comes back
