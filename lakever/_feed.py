@@ -1,6 +1,11 @@
-"""Reading data files as Delta means them, and the change feed straight from the log.
+"""Reading data files as Delta means them: by key, and the change feed straight from the log.
 
 A data file's rows are the rows its deletion vector keeps (`live_rows`).
+
+Key lookups (`lookup`) read only the files whose min/max statistics of the
+looked-up column can contain one of the values, and skip rows the file's
+vector deletes; they return each row's file and position, which is what a
+merge-on-read edit needs to mark it.
 
 The change feed of a version range (`changes`) is read from each commit's
 actions: a commit with `cdc` files is described by them alone; any other
@@ -78,6 +83,100 @@ def live_rows(
     except StorageError:
         require_available(loc, files.version, table=table)
         raise
+
+
+#: Lookups of at most this many keys filter inside each file's scan.
+PUSHDOWN_KEYS = 10_000
+
+#: Values of this length or more in string statistics may be truncated.
+_STAT_PREFIX = 32
+
+
+# -- lookups by key -------------------------------------------------------------------
+
+
+def candidate_files(files: _deltalog.TableFiles, column: str, values: pl.Series) -> list[str]:
+    """Files whose statistics for `column` can hold one of `values` (sorted, unique strings)."""
+    out = []
+    n = values.len()
+    for path, add in files.adds.items():
+        b = _deltalog.bounds(add, column)
+        if b is None:
+            out.append(path)
+            continue
+        lo, hi = str(b[0]), str(b[1])
+        if len(hi) >= _STAT_PREFIX:
+            hi += "\U0010ffff"  # a truncated maximum bounds only its prefix
+        i = int(values.search_sorted(lo, side="left"))
+        if i < n and values[i] <= hi:
+            out.append(path)
+    return sorted(out)
+
+
+def lookup(
+    loc: Location,
+    version: int,
+    column: str,
+    values: pl.Series,
+    *,
+    table: str,
+    schema: Mapping[str, pl.DataType],
+    key_only: bool = False,
+) -> pl.DataFrame:
+    """Live rows of the table at `version` whose `column` is one of `values`.
+
+    Reads only the candidate files (see `candidate_files`) and drops rows their
+    deletion vectors mark. The result has the table's columns (cast to
+    `schema`; only `column` when `key_only`) plus `FILE_COLUMN` and `POS_COLUMN`.
+    """
+    if key_only:
+        schema = {column: pl.String()}
+    empty = pl.DataFrame(schema={**schema, FILE_COLUMN: pl.String, POS_COLUMN: pl.Int64})
+    files = _deltalog.files_at(loc, version)
+    if not files.adds or values.is_empty():
+        return empty  # an empty table: nothing to read, whatever the batch
+    wanted = values.cast(pl.String).drop_nulls().unique().sort()
+    paths = candidate_files(files, column, wanted)
+    if not paths:
+        return empty
+    match = pl.col(column).is_in(wanted.implode())
+    # A few keys: filter inside each file's scan (row groups skipped by their
+    # statistics). Many keys: one filter after reading, so the set of keys is
+    # hashed once instead of once per file.
+    few = wanted.len() <= PUSHDOWN_KEYS
+    parts = live_rows(
+        loc,
+        files,
+        paths,
+        table=table,
+        where=match if few else None,
+        columns=[column] if key_only else None,
+    )
+    rows = pl.concat([empty, *parts], how="diagonal_relaxed")
+    if not few:
+        rows = rows.filter(match)
+    return rows.select(
+        [pl.col(n).cast(t) for n, t in schema.items()]
+        + [pl.col(FILE_COLUMN), pl.col(POS_COLUMN).cast(pl.Int64)]
+    )
+
+
+def keys_between(
+    loc: Location, version: int, column: str, lo: str, hi: str, *, table: str
+) -> pl.DataFrame:
+    """The `column` values of live rows in files whose statistics overlap [`lo`, `hi`]."""
+    files = _deltalog.files_at(loc, version)
+    paths = []
+    for path, add in files.adds.items():
+        b = _deltalog.bounds(add, column)
+        flo, fhi = (None, None) if b is None else (str(b[0]), str(b[1]))
+        if fhi is not None and len(fhi) >= _STAT_PREFIX:
+            fhi += "\U0010ffff"
+        if flo is None or fhi is None or (flo <= hi and fhi >= lo):
+            paths.append(path)
+    parts = live_rows(loc, files, sorted(paths), table=table, columns=[column]) if paths else []
+    empty = pl.DataFrame(schema={column: pl.String})
+    return pl.concat([empty, *[p.select(column) for p in parts]])
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Merge-on-read: key lookups from file statistics, and edits written as deletion vectors.
+"""Merge-on-read: edits, restores and compactions written as Delta commits with deletion vectors.
 
 An update or delete does not rewrite the files holding the old rows: it marks
 those rows in each file's deletion vector and writes only the new rows, plus
@@ -17,10 +17,7 @@ vector and an `add` of the same file with the new one (statistics kept, with
 rows pass `REWRITE_FRACTION` is rewritten instead: its live rows join the new
 data files and it is removed, so reads never pay for mostly-dead files.
 
-Key lookups (`lookup`) read only the files whose min/max statistics of the
-looked-up column can contain one of the values, and skip rows the file's
-vector deletes; they return each row's file and position, which is what an
-edit needs to mark it.
+Which rows to mark comes from `_feed.lookup` (file and position of each key).
 """
 
 from __future__ import annotations
@@ -31,7 +28,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +47,7 @@ from lakever._delta import (
     props,
     require_available,
 )
-from lakever._feed import FILE_COLUMN, POS_COLUMN, file_uri, live_rows
+from lakever._feed import FILE_COLUMN, POS_COLUMN, file_uri, live_rows, lookup
 from lakever.errors import LakeverError, StorageError
 from lakever.storage import Location
 
@@ -59,105 +56,12 @@ log = logging.getLogger("lakever")
 #: A file whose deleted rows reach this fraction is rewritten instead of marked.
 REWRITE_FRACTION = 0.1
 
-#: Lookups of at most this many keys filter inside each file's scan.
-PUSHDOWN_KEYS = 10_000
-
-#: Values of this length or more in string statistics may be truncated.
-_STAT_PREFIX = 32
-
 DV_FEATURE = "deletionVectors"
 
 
 def supports_vectors(loc: Location, version: int) -> bool:
     """Whether the table's protocol at `version` has the deletion-vector feature."""
     return DV_FEATURE in _deltalog.files_at(loc, version).reader_features
-
-
-# -- lookups ---------------------------------------------------------------------------
-
-
-def candidate_files(files: _deltalog.TableFiles, column: str, values: pl.Series) -> list[str]:
-    """Files whose statistics for `column` can hold one of `values` (sorted, unique strings)."""
-    out = []
-    n = values.len()
-    for path, add in files.adds.items():
-        b = _deltalog.bounds(add, column)
-        if b is None:
-            out.append(path)
-            continue
-        lo, hi = str(b[0]), str(b[1])
-        if len(hi) >= _STAT_PREFIX:
-            hi += "\U0010ffff"  # a truncated maximum bounds only its prefix
-        i = int(values.search_sorted(lo, side="left"))
-        if i < n and values[i] <= hi:
-            out.append(path)
-    return sorted(out)
-
-
-def lookup(
-    loc: Location,
-    version: int,
-    column: str,
-    values: pl.Series,
-    *,
-    table: str,
-    schema: Mapping[str, pl.DataType],
-    key_only: bool = False,
-) -> pl.DataFrame:
-    """Live rows of the table at `version` whose `column` is one of `values`.
-
-    Reads only the candidate files (see `candidate_files`) and drops rows their
-    deletion vectors mark. The result has the table's columns (cast to
-    `schema`; only `column` when `key_only`) plus `FILE_COLUMN` and `POS_COLUMN`.
-    """
-    if key_only:
-        schema = {column: pl.String()}
-    empty = pl.DataFrame(schema={**schema, FILE_COLUMN: pl.String, POS_COLUMN: pl.Int64})
-    files = _deltalog.files_at(loc, version)
-    if not files.adds or values.is_empty():
-        return empty  # an empty table: nothing to read, whatever the batch
-    wanted = values.cast(pl.String).drop_nulls().unique().sort()
-    paths = candidate_files(files, column, wanted)
-    if not paths:
-        return empty
-    match = pl.col(column).is_in(wanted.implode())
-    # A few keys: filter inside each file's scan (row groups skipped by their
-    # statistics). Many keys: one filter after reading, so the set of keys is
-    # hashed once instead of once per file.
-    few = wanted.len() <= PUSHDOWN_KEYS
-    parts = live_rows(
-        loc,
-        files,
-        paths,
-        table=table,
-        where=match if few else None,
-        columns=[column] if key_only else None,
-    )
-    rows = pl.concat([empty, *parts], how="diagonal_relaxed")
-    if not few:
-        rows = rows.filter(match)
-    return rows.select(
-        [pl.col(n).cast(t) for n, t in schema.items()]
-        + [pl.col(FILE_COLUMN), pl.col(POS_COLUMN).cast(pl.Int64)]
-    )
-
-
-def keys_between(
-    loc: Location, version: int, column: str, lo: str, hi: str, *, table: str
-) -> pl.DataFrame:
-    """The `column` values of live rows in files whose statistics overlap [`lo`, `hi`]."""
-    files = _deltalog.files_at(loc, version)
-    paths = []
-    for path, add in files.adds.items():
-        b = _deltalog.bounds(add, column)
-        flo, fhi = (None, None) if b is None else (str(b[0]), str(b[1]))
-        if fhi is not None and len(fhi) >= _STAT_PREFIX:
-            fhi += "\U0010ffff"
-        if flo is None or fhi is None or (flo <= hi and fhi >= lo):
-            paths.append(path)
-    parts = live_rows(loc, files, sorted(paths), table=table, columns=[column]) if paths else []
-    empty = pl.DataFrame(schema={column: pl.String})
-    return pl.concat([empty, *[p.select(column) for p in parts]])
 
 
 # -- the edit commit -----------------------------------------------------------------------
@@ -233,26 +137,17 @@ def write_edit(
             f"(found {positions.height}); nothing was written"
         )
     now = int(time.time() * 1000)
-    written: list[Location] = []
-    try:
-        with boundary("write an edit to", loc.uri):
-            marks, removed_rows, survivors = _mark(loc, files, positions, schema)
-            data = pl.concat(
-                [edit.updates, edit.inserts, *survivors], how="diagonal_relaxed"
-            ).select(list(schema))
-            adds = _write_data(loc, data.sort(cluster), arrow_schema, files, now, written)
-            vector_actions = _write_vectors(loc, marks, files, now, written)
-            cdc = _write_cdc(loc, edit, schema, arrow_schema, now, written)
-            actions: list[dict[str, Any]] = [
-                _commit_info(claim, now, edit, len(adds), removed_rows)
-            ]
-            actions += vector_actions
-            actions += [{"add": a} for a in adds]
-            actions += [{"cdc": cdc}] if cdc else []
-            _publish(loc, base, actions)
-    except BaseException:
-        _discard(written)
-        raise
+    with _writing(loc, "write an edit to") as written:
+        marks, removed_rows, survivors = _mark(loc, files, positions, schema)
+        data = pl.concat([edit.updates, edit.inserts, *survivors], how="diagonal_relaxed")
+        data = data.select(list(schema)).sort(cluster)
+        adds = _write_data(loc, data, arrow_schema, files, now, written)
+        vector_actions = _write_vectors(loc, marks, files, now, written)
+        cdc = _write_cdc(loc, edit, schema, arrow_schema, now, written)
+        actions = [_commit_info(claim, now, edit, len(adds), removed_rows), *vector_actions]
+        actions += [{"add": a} for a in adds]
+        actions += [{"cdc": cdc}] if cdc else []
+        _publish(loc, base, actions)
     return _after_publish(dt, loc, files)
 
 
@@ -262,18 +157,26 @@ def _schemas(dt: DeltaTable) -> tuple[pa.Schema, dict[str, pl.DataType]]:
     return arrow_schema, dict(pl.DataFrame(arrow_schema.empty_table()).schema)
 
 
+@contextlib.contextmanager
+def _writing(loc: Location, action: str) -> Iterator[list[Location]]:
+    """Collect the files a commit writes; if it fails, remove them (best effort)."""
+    written: list[Location] = []
+    try:
+        with boundary(action, loc.uri):
+            yield written
+    except BaseException:
+        for f in written:
+            with contextlib.suppress(Exception):  # files no commit names are harmless
+                f.remove()
+        raise
+
+
 def _publish(loc: Location, base: int, actions: list[dict[str, Any]]) -> None:
     """Create log entry `base + 1` with put-if-absent; `WriteConflict` if it exists."""
     body = "".join(json.dumps(a, separators=(",", ":")) + "\n" for a in actions).encode()
     target = loc.child("_delta_log", _deltalog.version_file(base + 1))
     if not target.put_if_absent(body):
         raise WriteConflict(f"version {base + 1} of {loc.uri} was written meanwhile")
-
-
-def _discard(written: list[Location]) -> None:
-    for f in written:
-        with contextlib.suppress(Exception):  # best effort: files no commit names are harmless
-            f.remove()
 
 
 def _after_publish(dt: DeltaTable, loc: Location, files: _deltalog.TableFiles) -> int:
@@ -556,25 +459,20 @@ def compact(
     arrow_schema, schema = _schemas(dt)
     rows = _rows(loc, files, small, table=table, schema=schema).sort(cluster)
     now = int(time.time() * 1000)
-    written: list[Location] = []
-    try:
-        with boundary("compact", loc.uri):
-            adds = _write_data(loc, rows, arrow_schema, files, now, written, data_change=False)
-            actions: list[dict[str, Any]] = [
-                _info(
-                    {**claim, "lakever.compaction": "true"},
-                    now,
-                    "OPTIMIZE",
-                    {"targetSize": str(TARGET_FILE_SIZE)},
-                    {"numFilesRemoved": len(small), "numFilesAdded": len(adds)},
-                )
-            ]
-            actions += [_remove(files.adds[p], now, data_change=False) for p in small]
-            actions += [{"add": a} for a in adds]
-            _publish(loc, files.version, actions)
-    except BaseException:
-        _discard(written)
-        raise
+    with _writing(loc, "compact") as written:
+        adds = _write_data(loc, rows, arrow_schema, files, now, written, data_change=False)
+        actions: list[dict[str, Any]] = [
+            _info(
+                {**claim, "lakever.compaction": "true"},
+                now,
+                "OPTIMIZE",
+                {"targetSize": str(TARGET_FILE_SIZE)},
+                {"numFilesRemoved": len(small), "numFilesAdded": len(adds)},
+            )
+        ]
+        actions += [_remove(files.adds[p], now, data_change=False) for p in small]
+        actions += [{"add": a} for a in adds]
+        _publish(loc, files.version, actions)
     return _after_publish(dt, loc, files)
 
 
@@ -626,15 +524,10 @@ def restore(
     ]
     actions += [_remove(cur.adds[p], now) for p in gone]
     actions += [{"add": {**old.adds[p], "dataChange": True}} for p in back]
-    written: list[Location] = []
-    try:
-        with boundary(f"restore version {target} of", loc.uri):
-            cdc = _write_cdc(loc, edit, schema, arrow_schema, now, written)
-            actions += [{"cdc": cdc}] if cdc else []
-            _publish(loc, base, actions)
-    except BaseException:
-        _discard(written)
-        raise
+    with _writing(loc, f"restore version {target} of") as written:
+        cdc = _write_cdc(loc, edit, schema, arrow_schema, now, written)
+        actions += [{"cdc": cdc}] if cdc else []
+        _publish(loc, base, actions)
     return _after_publish(dt, loc, cur)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from lakever import _delta, _deltalog, _feed, _mor
+from lakever import _delta, _deltalog, _feed
 from lakever.commits import ChangeCounts, Commit
 from lakever.errors import RowError, RowNotFoundError, ValidationError, VersionUnavailableError
 from lakever.schema import key_column, prepare_rows, table_kind
@@ -117,7 +117,7 @@ class Stage:
         loc, schema = self._loc(table), self.schema(table)
         return self._at_base(
             table,
-            lambda v: _mor.lookup(
+            lambda v: _feed.lookup(
                 loc, v, column, values, table=table, schema=schema, key_only=key_only
             ),
         )
@@ -326,7 +326,7 @@ class Stage:
                 loc = self._loc("frames")
                 version = commit.table_versions["frames"]
                 schema = _delta.schema_at(loc, version)
-                found = _mor.lookup(
+                found = _feed.lookup(
                     loc, version, "frame_id", absent, table="frames", schema=schema
                 )["frame_id"]
                 absent = absent.filter(~absent.is_in(found.implode()))
@@ -345,7 +345,7 @@ class Stage:
 
     def _absent_frames(self, frame_ids: pl.Series) -> pl.Series:
         """The distinct values of `frame_ids` that name no frame in the current state."""
-        if frame_ids.len() <= _mor.PUSHDOWN_KEYS:
+        if frame_ids.len() <= _feed.PUSHDOWN_KEYS:
             wanted = frame_ids.unique()
             present = self.existing_keys("frames", wanted)
             return wanted.filter(~wanted.is_in(present.implode()))
@@ -356,7 +356,7 @@ class Stage:
             lo, hi = str(frame_ids.min()), str(frame_ids.max())
             loc = self._loc("frames")
             base = self._at_base(
-                "frames", lambda v: _mor.keys_between(loc, v, "frame_id", lo, hi, table="frames")
+                "frames", lambda v: _feed.keys_between(loc, v, "frame_id", lo, hi, table="frames")
             )[0]["frame_id"]
             deleted = self._deletes.get("frames")
             parts.append(base.filter(~base.is_in(list(deleted))) if deleted else base)

@@ -105,13 +105,13 @@ def test_lookups_read_only_candidate_files(local_lake: lv.Lake) -> None:
     assert len(files.adds) == 6
 
     def cands(*keys: str) -> list[str]:
-        return _mor.candidate_files(files, "label_id", pl.Series(sorted(keys)))
+        return _feed.candidate_files(files, "label_id", pl.Series(sorted(keys)))
 
     assert len(cands("f3010-l1")) == 1
     assert len(cands("f0001-l0", "f5049-l1")) == 2
     assert cands("zzz") == []
     schema = dict(ds.read("labels").schema)
-    found = _mor.lookup(
+    found = _feed.lookup(
         loc,
         files.version,
         "label_id",
@@ -331,7 +331,7 @@ def test_large_batches_check_frames_like_small_ones(local_lake: lv.Lake) -> None
     ds.add_frames(frames(fids))
     ghosts = ["f00100x", "f01200x", "zz-nowhere"]
     batch = labels(fids + ghosts, per_frame=5)
-    assert batch.height > _mor.PUSHDOWN_KEYS
+    assert batch.height > _feed.PUSHDOWN_KEYS
     head = ds.head
     with pytest.raises(lv.ValidationError) as err:
         ds.upsert_labels(batch)
