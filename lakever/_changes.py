@@ -63,10 +63,7 @@ def _classify(
     a = after.select(columns).with_columns(pl.lit(True).alias("__a"))
     joined = b.join(a, on=key, how="full", coalesce=True, suffix="__after")
     others = [c for c in columns if c != key]
-    diffs = [pl.when(~pl.col(c).eq_missing(pl.col(f"{c}__after"))).then(pl.lit(c)) for c in others]
-    changed = (
-        pl.concat_list(diffs).list.drop_nulls() if diffs else pl.lit([], dtype=pl.List(pl.String))
-    )
+    changed, joined = _changed_columns(joined, others)
     exists_b, exists_a = pl.col("__b").fill_null(False), pl.col("__a").fill_null(False)
     out = joined.with_columns(
         pl.when(exists_b & exists_a)
@@ -83,6 +80,29 @@ def _classify(
     )
     out = out.filter((pl.col("change") != "modified") | (pl.col("changed").list.len() > 0))
     return out.select(key, "change", "changed", "before", "after").sort(key)
+
+
+def _changed_columns(joined: pl.DataFrame, others: list[str]) -> tuple[pl.Expr, pl.DataFrame]:
+    """An expression for the list of columns whose values differ, and the frame it reads.
+
+    Building a list per row is slow (0.6 s for 100k rows); the columns that
+    differ are encoded as a bit mask instead, and the few distinct masks are
+    mapped to their lists.
+    """
+    differs = [~pl.col(c).eq_missing(pl.col(f"{c}__after")) for c in others]
+    if not others or joined.is_empty():
+        return pl.lit([], dtype=pl.List(pl.String)), joined
+    if len(others) > 62:  # too many for one mask: build the lists directly
+        diffs = [pl.when(d).then(pl.lit(c)) for d, c in zip(differs, others, strict=True)]
+        return pl.concat_list(diffs).list.drop_nulls(), joined
+    mask = pl.sum_horizontal([d.cast(pl.Int64) * (1 << i) for i, d in enumerate(differs)])
+    joined = joined.with_columns(mask.alias("__mask"))
+    mapping = {
+        m: [c for i, c in enumerate(others) if m >> i & 1]
+        for m in joined.get_column("__mask").unique().to_list()
+    }
+    changed = pl.col("__mask").replace_strict(mapping, return_dtype=pl.List(pl.String))
+    return changed, joined
 
 
 def _union_columns(*schemas: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
