@@ -99,6 +99,19 @@ def main() -> int:
     fault = os.environ.get("LAKEVER_TEST_FAULT", "")
     if ":" in fault:
         inject_fault(*fault.split(":", 1))  # before any storage object is made
+    pause = float(os.environ.get("LAKEVER_TEST_PAUSE_BEFORE_PUBLISH", "0"))
+    if pause:
+        # Widen the window between the table writes and the publish, so that
+        # kills land in it on a fast machine too (crash tests only).
+        from lakever.commits import CommitLog
+
+        real_publish = CommitLog.publish
+
+        def slow_publish(self: CommitLog, commit: object) -> bool:
+            time.sleep(pause)
+            return real_publish(self, commit)  # type: ignore[arg-type]
+
+        CommitLog.publish = slow_publish  # type: ignore[method-assign]
     lake = lv.connect(uri, storage_options=options)
     if mode == "delete":
         say("READY")

@@ -69,7 +69,17 @@ def test_sigkill_at_random_points_never_breaks_the_dataset(local_lake: lv.Lake) 
     published_by_parent: list[str] = []
     orphans_seen = 0
     for it in range(50):
-        proc = spawn("crash", local_lake.uri, "shared", f"w{it:02d}", 1000, {})
+        # every commit pauses 30 ms between its table writes and its publish,
+        # so a good share of the kills leave orphans behind
+        proc = spawn(
+            "crash",
+            local_lake.uri,
+            "shared",
+            f"w{it:02d}",
+            1000,
+            {},
+            LAKEVER_TEST_PAUSE_BEFORE_PUBLISH="0.03",
+        )
         wait_ready(proc)
         time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(signal.SIGKILL)
