@@ -97,10 +97,10 @@ def files_at(loc: Location, version: int) -> TableFiles:
     log_dir = loc.child("_delta_log")
     if prev is not None:
         state = _State.from_files(prev)
-        _apply_commits(state, log_dir, [version])
+        _apply_commits(state, loc, [version])
     else:
         state, start = _from_checkpoint(log_dir, version)
-        _apply_commits(state, log_dir, range(start + 1, version + 1))
+        _apply_commits(state, loc, range(start + 1, version + 1))
     files = state.freeze(version)
     with _lock:
         _cache[_cache_key(loc, version)] = files
@@ -150,11 +150,7 @@ class _State:
 
 def _as_dict(value: Any) -> dict[str, Any]:
     """A Delta map as a dict (Parquet checkpoints give maps as lists of pairs)."""
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        return dict(value)
-    return dict(value)
+    return {} if value is None else dict(value)
 
 
 def _normalise(add: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,16 +215,9 @@ def _checkpoint_parts(log_dir: Location, version: int) -> list[Location]:
     ]
 
 
-def _apply_commits(state: _State, log_dir: Location, versions: Iterable[int]) -> None:
-    wanted = [log_dir.child(version_file(v)) for v in versions]
-    if not wanted:
-        return
-    blobs = log_dir.cat_many(wanted)
-    for loc in wanted:
-        data = blobs.get(loc.uri)
-        if data is None:
-            raise StorageError(f"Delta log entry {loc.uri} is missing")
-        actions = [json.loads(line) for line in data.splitlines() if line.strip()]
+def _apply_commits(state: _State, loc: Location, versions: Iterable[int]) -> None:
+    for lines in commit_lines(loc, versions).values():
+        actions = [json.loads(line) for line in lines if line.strip()]
         # A commit may remove a file and add it back with a new deletion vector;
         # removes first, so the order of the lines does not matter.
         for action in actions:

@@ -22,7 +22,7 @@ import json
 import threading
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +44,29 @@ def file_uri(loc: Location, path: str) -> str:
     return loc.child(urllib.parse.unquote(path)).uri
 
 
+def scan_file(
+    loc: Location, path: str, *, dead: Iterable[int] | None = None, where: pl.Expr | None = None
+) -> pl.LazyFrame:
+    """One data file's rows, without the positions in `dead` (optionally filtered)."""
+    if dead is None and where is None:
+        return pl.scan_parquet(file_uri(loc, path), storage_options=loc.delta_options())
+    # The row index is physical even with the filter pushed into the reader
+    # (row groups skipped by their statistics).
+    lf = pl.scan_parquet(
+        file_uri(loc, path), storage_options=loc.delta_options(), row_index_name=POS_COLUMN
+    )
+    if where is not None:
+        lf = lf.filter(where)
+    if dead is not None:
+        gone = pl.Series(list(dead), dtype=pl.Int64)
+        lf = lf.filter(~pl.col(POS_COLUMN).cast(pl.Int64).is_in(gone.implode()))
+    return lf.drop(POS_COLUMN)
+
+
 def _scan(
     loc: Location, path: str, dv: Mapping[str, Any] | None, where: pl.Expr | None
 ) -> pl.LazyFrame:
-    # The row index is physical even with the filter pushed into the reader
-    # (row groups skipped by their statistics).
+    """A file's live rows with `FILE_COLUMN` and `POS_COLUMN` (its vector applied)."""
     lf = pl.scan_parquet(
         file_uri(loc, path), storage_options=loc.delta_options(), row_index_name=POS_COLUMN
     )
@@ -95,20 +113,25 @@ _STAT_PREFIX = 32
 # -- lookups by key -------------------------------------------------------------------
 
 
+def _range(add: Mapping[str, Any], column: str) -> tuple[str, str] | None:
+    """(min, max) of `column` in a file as strings, the max widened if it may be truncated."""
+    b = _deltalog.bounds(add, column)
+    if b is None:
+        return None
+    lo, hi = str(b[0]), str(b[1])
+    if len(hi) >= _STAT_PREFIX:
+        hi += "\U0010ffff"  # a truncated maximum bounds only its prefix
+    return lo, hi
+
+
 def candidate_files(files: _deltalog.TableFiles, column: str, values: pl.Series) -> list[str]:
     """Files whose statistics for `column` can hold one of `values` (sorted, unique strings)."""
     out = []
     n = values.len()
     for path, add in files.adds.items():
-        b = _deltalog.bounds(add, column)
-        if b is None:
-            out.append(path)
-            continue
-        lo, hi = str(b[0]), str(b[1])
-        if len(hi) >= _STAT_PREFIX:
-            hi += "\U0010ffff"  # a truncated maximum bounds only its prefix
-        i = int(values.search_sorted(lo, side="left"))
-        if i < n and values[i] <= hi:
+        r = _range(add, column)
+        i = 0 if r is None else int(values.search_sorted(r[0], side="left"))
+        if r is None or (i < n and values[i] <= r[1]):
             out.append(path)
     return sorted(out)
 
@@ -168,11 +191,8 @@ def keys_between(
     files = _deltalog.files_at(loc, version)
     paths = []
     for path, add in files.adds.items():
-        b = _deltalog.bounds(add, column)
-        flo, fhi = (None, None) if b is None else (str(b[0]), str(b[1]))
-        if fhi is not None and len(fhi) >= _STAT_PREFIX:
-            fhi += "\U0010ffff"
-        if flo is None or fhi is None or (flo <= hi and fhi >= lo):
+        r = _range(add, column)
+        if r is None or (r[0] <= hi and r[1] >= lo):
             paths.append(path)
     parts = live_rows(loc, files, sorted(paths), table=table, columns=[column]) if paths else []
     empty = pl.DataFrame(schema={column: pl.String})
@@ -255,9 +275,7 @@ def changes(loc: Location, start: int, end: int, *, where: pl.Expr | None = None
             ]
             for path in feed.cdc:
                 lf = pl.scan_parquet(file_uri(loc, path), storage_options=loc.delta_options())
-                if where is not None:
-                    lf = lf.filter(where)
-                queries.append(lf.with_columns(meta))
+                queries.append((lf if where is None else lf.filter(where)).with_columns(meta))
             for found, change in ((feed.inserts, "insert"), (feed.deletes, "delete")):
                 for path, dv in found:
                     lf = _scan(loc, path, dv, where)

@@ -35,7 +35,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from deltalake import DeltaTable
+from deltalake import DeltaTable, TableFeatures
 from pyroaring import BitMap64
 
 from lakever import _deltalog
@@ -47,7 +47,7 @@ from lakever._delta import (
     props,
     require_available,
 )
-from lakever._feed import FILE_COLUMN, POS_COLUMN, file_uri, live_rows, lookup
+from lakever._feed import FILE_COLUMN, POS_COLUMN, live_rows, lookup, scan_file
 from lakever.errors import LakeverError, StorageError
 from lakever.storage import Location
 
@@ -93,8 +93,6 @@ class Edit:
 
 def enable_vectors(dt: DeltaTable, claim: Mapping[str, str]) -> None:
     """Add the deletion-vector feature to the table's protocol, as the next version."""
-    from deltalake import TableFeatures
-
     with boundary("enable deletion vectors on", dt.table_uri):
         dt.alter.add_feature(
             TableFeatures.DeletionVectors,
@@ -138,7 +136,7 @@ def write_edit(
         )
     now = int(time.time() * 1000)
     with _writing(loc, "write an edit to") as written:
-        marks, removed_rows, survivors = _mark(loc, files, positions, schema)
+        marks, removed_rows, survivors = _mark(loc, files, positions)
         data = pl.concat([edit.updates, edit.inserts, *survivors], how="diagonal_relaxed")
         data = data.select(list(schema)).sort(cluster)
         adds = _write_data(loc, data, arrow_schema, files, now, written)
@@ -201,10 +199,7 @@ class _Mark:
 
 
 def _mark(
-    loc: Location,
-    files: _deltalog.TableFiles,
-    positions: pl.DataFrame,
-    schema: Mapping[str, pl.DataType],
+    loc: Location, files: _deltalog.TableFiles, positions: pl.DataFrame
 ) -> tuple[dict[str, _Mark], int, list[pl.DataFrame]]:
     """New vectors per touched file; live rows of files to rewrite instead."""
     marks: dict[str, _Mark] = {}
@@ -224,18 +219,11 @@ def _mark(
         removed += len(new)
         total = _deltalog.num_records(add)
         if total is None:
-            total = pq.ParquetFile(io.BytesIO(loc.child(path).read_bytes())).metadata.num_rows
+            total = int(scan_file(loc, path).select(pl.len()).collect().item())
         rewrite = len(dead) >= REWRITE_FRACTION * total
         marks[path] = _Mark(dead, rewrite)
         if rewrite:
-            lf = pl.scan_parquet(file_uri(loc, path), storage_options=loc.delta_options())
-            live = (
-                lf.with_row_index(POS_COLUMN)
-                .filter(~pl.col(POS_COLUMN).cast(pl.Int64).is_in(pl.Series(list(dead)).implode()))
-                .drop(POS_COLUMN)
-                .collect()
-            )
-            survivors.append(live)
+            survivors.append(scan_file(loc, path, dead=dead).collect())
     return marks, removed, survivors
 
 
@@ -488,26 +476,30 @@ def restore(
     table: str,
     key: str,
 ) -> int | None:
-    """Make the next version's content equal `target`'s, with its change feed; None if unsure.
+    """Make the next version's content equal `target`'s, with `cdc` rows; None to decline.
 
-    delta-rs's own restore is right about the content of a table with
-    deletion vectors, but its change feed reads the re-added files whole,
-    vectors ignored, so deleted rows would come back in diffs. This restore
-    removes the files (with vectors) that `target` lacks, adds back the ones
-    it has, and writes `cdc` rows for exactly the rows that differ. Returns
-    None, writing nothing, when the schemas of the two versions differ (the
-    caller then uses delta-rs's restore).
+    A restore that puts back a file with another deletion vector (a revert
+    across merge-on-read edits) makes the change feed read that whole file
+    twice, once removed and once added, for every diff across it. This
+    restore writes `cdc` rows for exactly the rows that differ instead, so
+    diffs stay as cheap as the change. It declines (returns None, writing
+    nothing) when no file comes back with another vector, since then the
+    plain restore's feed is already exact and cheap, which matters for
+    undoing a large failed append; and when the two versions' schemas
+    differ. The caller then uses delta-rs's restore.
     """
     base = dt.version()
     cur = _deltalog.files_at(loc, base)
     old = _deltalog.files_at(loc, target)
     if cur.metadata.get("schemaString") != old.metadata.get("schemaString"):
         return None
-    require_available(loc, target, table=table)
     have = {_deltalog.identity(a): p for p, a in cur.adds.items()}
     want = {_deltalog.identity(a): p for p, a in old.adds.items()}
     gone = sorted(have[i] for i in set(have) - set(want))
     back = sorted(want[i] for i in set(want) - set(have))
+    if not set(gone) & set(back):
+        return None
+    require_available(loc, target, table=table)
     arrow_schema, schema = _schemas(dt)
     before = _rows(loc, cur, gone, table=table, schema=schema)
     after = _rows(loc, old, back, table=table, schema=schema)
