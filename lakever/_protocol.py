@@ -139,6 +139,7 @@ class CommitRunner:
                         counts={c.table: c.counts for c in changes},
                         classes=new_classes,
                         pins=stage.pins,
+                        meta=stage.meta,
                     )
                     published = self._log.publish(commit)
                     if published:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
@@ -63,6 +64,7 @@ class Stage:
         self._commit_at = commit_at
         self.classes: tuple[str, ...] = head.classes
         self.pins: dict[str, int] = dict(head.pins)
+        self.meta: dict[str, Any] = {}  # recorded in the commit (an upload's progress)
         self._loc = table_location
         self._puts: dict[str, pl.DataFrame] = {}
         self._deletes: dict[str, set[str]] = {}

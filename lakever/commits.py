@@ -69,6 +69,8 @@ class Commit:
         pins: inference set -> seq of the dataset commit it was made against.
         dataset_id: id of the dataset incarnation the commit belongs to (None
             for datasets made before lakever recorded it).
+        meta: what made the commit, for lakever's own bookkeeping (an upload
+            records its id and progress here, atomically with the rows).
     """
 
     id: str
@@ -83,6 +85,7 @@ class Commit:
     classes: tuple[str, ...] = ()
     pins: Mapping[str, int] = field(default_factory=dict)
     dataset_id: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     def child(
         self,
@@ -94,8 +97,9 @@ class Commit:
         counts: Mapping[str, ChangeCounts] | None = None,
         classes: tuple[str, ...] | None = None,
         pins: Mapping[str, int] | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> Commit:
-        """The next commit on top of this one; unnamed fields carry over."""
+        """The next commit on top of this one; unnamed fields carry over (`meta` does not)."""
         return Commit(
             id=uuid.uuid4().hex,
             seq=self.seq + 1,
@@ -109,6 +113,7 @@ class Commit:
             classes=self.classes if classes is None else classes,
             pins=dict(self.pins if pins is None else pins),
             dataset_id=self.dataset_id,
+            meta=dict(meta or {}),
         )
 
     @property
@@ -118,7 +123,7 @@ class Commit:
 
     def to_dict(self) -> dict[str, Any]:
         """The commit as JSON-ready data."""
-        return {
+        data = {
             "format": FORMAT_VERSION,
             "id": self.id,
             "seq": self.seq,
@@ -134,6 +139,9 @@ class Commit:
             "pins": dict(self.pins),
             "dataset_id": self.dataset_id,
         }
+        if self.meta:
+            data["meta"] = dict(self.meta)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Commit:
@@ -151,6 +159,7 @@ class Commit:
             classes=tuple(data.get("classes", ())),
             pins={k: int(v) for k, v in data.get("pins", {}).items()},
             dataset_id=data.get("dataset_id"),
+            meta=dict(data.get("meta") or {}),
         )
 
 

@@ -26,6 +26,7 @@ from lakever._claims import META_SEQ
 from lakever._protocol import DELETE_OPERATION, CommitRunner, Operation
 from lakever._staging import Stage
 from lakever.commits import ChangeCounts, Commit, CommitLog, now_utc
+from lakever.dataio import DataIO
 from lakever.diff import Diff
 from lakever.errors import (
     DatasetNotFoundError,
@@ -46,7 +47,7 @@ from lakever.transaction import Transaction, inference_table
 from lakever.view import TableReader, View
 
 
-class Dataset(TableReader):
+class Dataset(DataIO, TableReader):
     """A versioned dataset of frames, labels and inference sets.
 
     Reads go to HEAD; each write method is one atomic commit. Use `at` for any

@@ -108,6 +108,7 @@ class RowError:
     column: str | None
     value: Any
     detail: str = ""
+    row: int | None = None  # index of the row in its source, when known
 
     def describe(self) -> str:
         """Render the error as one short human-readable line."""

@@ -8,6 +8,7 @@ rows together in one `ValidationError`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -262,25 +263,35 @@ def _check_names(
 
 
 class _Checker:
-    """Collects row errors for one batch."""
+    """Collects row errors for one batch (with each row's index in its source, when given)."""
 
-    def __init__(self, table: str, df: pl.DataFrame, key: str) -> None:
+    def __init__(self, table: str, df: pl.DataFrame, key: str, index: pl.Series | None) -> None:
         self.table = table
         self.key = key
         self.errors: list[RowError] = []
+        self.batch_errors: list[RowError] = []
         self._keys = df[key] if key in df.columns else None
+        self._index = index
+
+    def narrow(self, df: pl.DataFrame, index: pl.Series | None) -> None:
+        """Follow the batch after rows were dropped from it."""
+        self._keys = df[self.key] if self.key in df.columns else None
+        self._index = index
 
     def rows(self, mask: pl.Series, rule: str, column: str, values: pl.Series, detail: str) -> None:
         idx = mask.fill_null(False).arg_true()
         if idx.is_empty():
             return  # the common case: no Python objects made for a clean batch
         keys = [None] * len(idx) if self._keys is None else self._keys.gather(idx).to_list()
-        for k, v in zip(keys, values.gather(idx).to_list(), strict=True):
+        rows = [None] * len(idx) if self._index is None else self._index.gather(idx).to_list()
+        for k, v, r in zip(keys, values.gather(idx).to_list(), rows, strict=True):
             key = None if k is None else str(k)
-            self.errors.append(RowError(rule, key, column, v, detail))
+            self.errors.append(RowError(rule, key, column, v, detail, row=r))
 
     def batch(self, rule: str, column: str | None, value: Any, detail: str) -> None:
-        self.errors.append(RowError(rule, None, column, value, detail))
+        error = RowError(rule, None, column, value, detail)
+        self.errors.append(error)
+        self.batch_errors.append(error)
 
     def raise_if_any(self) -> None:
         if self.errors:
@@ -350,77 +361,182 @@ def prepare_rows(
     Raises:
         ValidationError: naming every bad row, its rule, key and value.
     """
-    kind = table_kind(table)
     df = to_polars(data)
-    key = key_column(kind)
-    check = _Checker(table, df, key)
-    core = {c.name: c for c in core_columns(kind)}
-    existing = dict(existing or {})
-
-    for c in core.values():
-        required_here = c.name == key if partial else c.required
-        if c.name not in df.columns and required_here:
-            check.batch("missing_column", c.name, None, f"every {table} row needs {c.name!r}")
-    for name in df.columns:
-        if name.startswith("_"):
-            check.batch(
-                "reserved_column",
-                name,
-                None,
-                "column names starting with '_' are reserved for lakever",
-            )
-    _check_names(df, core, existing, check)
+    check = _Checker(table, df, key_column(table_kind(table)), None)
+    out = _Preparation(table, classes, existing, partial, check, screen=False).run(df)
     check.raise_if_any()
+    return out
 
-    if not partial:
+
+@dataclass
+class Screened:
+    """A batch split into the rows that pass every rule and the errors of the rest.
+
+    Attributes:
+        rows: the good rows, normalised as `prepare_rows` does.
+        index: each good row's index in its source.
+        errors: one `RowError` per broken rule, each with its row index.
+    """
+
+    rows: pl.DataFrame
+    index: pl.Series
+    errors: list[RowError]
+
+
+def screen_rows(
+    table: str,
+    df: pl.DataFrame,
+    *,
+    index: pl.Series,
+    classes: Sequence[str],
+    existing: Mapping[str, pl.DataType] | None = None,
+) -> Screened:
+    """Validate a batch without raising: keep the good rows, report the bad ones.
+
+    A problem of the whole batch (a missing core column, an unstorable column
+    type) rejects every row of it, each with that rule.
+
+    Args:
+        table: 'frames', 'labels' or 'inferences/<set>'.
+        df: the rows.
+        index: each row's index in its source (same length as `df`).
+        classes: the dataset's class map.
+        existing: the current column types of the table.
+    """
+    check = _Checker(table, df, key_column(table_kind(table)), index)
+    prep = _Preparation(table, classes, existing, False, check, screen=True)
+    out = prep.run(df)
+    if check.batch_errors:
+        keys = check.key
+        key_values = df[keys].cast(pl.String, strict=False) if keys in df.columns else None
+        errors = list(check.errors)
+        for error in check.batch_errors:
+            errors.remove(error)
+        for i, row in enumerate(index.to_list()):
+            key = None if key_values is None else key_values[i]
+            errors.extend(dataclasses.replace(e, key=key, row=row) for e in check.batch_errors)
+        return Screened(out.clear(), index.clear(), errors)
+    return Screened(out, prep.index if prep.index is not None else index, check.errors)
+
+
+class _Preparation:
+    """The validation pipeline: names, types, then per-row rules.
+
+    Raising (`screen=False`) stops after the first stage with errors. Screening
+    drops the rows a stage rejected and goes on with the rest.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        classes: Sequence[str],
+        existing: Mapping[str, pl.DataType] | None,
+        partial: bool,
+        check: _Checker,
+        *,
+        screen: bool,
+    ) -> None:
+        self.table = table
+        self.kind = table_kind(table)
+        self.classes = classes
+        self.existing = dict(existing or {})
+        self.partial = partial
+        self.check = check
+        self.screen = screen
+        self.index: pl.Series | None = check._index
+
+    def _stage_done(self, df: pl.DataFrame) -> pl.DataFrame | None:
+        """End a stage: None when the pipeline must stop, else the rows to go on with."""
+        if not self.check.errors:
+            return df
+        if not self.screen or self.check.batch_errors:
+            return None
+        assert self.index is not None
+        bad = {e.row for e in self.check.errors}
+        keep = ~self.index.is_in(list(bad))
+        df, self.index = df.filter(keep), self.index.filter(keep)
+        self.check.narrow(df, self.index)
+        return df
+
+    def run(self, df: pl.DataFrame) -> pl.DataFrame:
+        kind, check, table = self.kind, self.check, self.table
+        key = key_column(kind)
+        core = {c.name: c for c in core_columns(kind)}
+        existing = self.existing
+
         for c in core.values():
-            if c.name not in df.columns:
-                df = df.with_columns(pl.lit(None, dtype=c.dtype).alias(c.name))
+            required_here = c.name == key if self.partial else c.required
+            if c.name not in df.columns and required_here:
+                check.batch("missing_column", c.name, None, f"every {table} row needs {c.name!r}")
+        for name in df.columns:
+            if name.startswith("_"):
+                check.batch(
+                    "reserved_column",
+                    name,
+                    None,
+                    "column names starting with '_' are reserved for lakever",
+                )
+        _check_names(df, core, existing, check)
+        if check.errors:
+            return df
 
-    cast_cols: list[pl.Series] = []
-    for name in df.columns:
-        series = df[name]
-        target: pl.DataType | None
-        stored, why = storable_type(series.dtype)
-        if stored is None and not isinstance(series.dtype, pl.Null):
-            check.batch("type", name, str(series.dtype), why)
-            continue
-        if name in core:
-            target = core[name].dtype
-        elif name in existing:
-            target = existing[name]
-        else:
-            target = stored
-            if target is None:
+        if not self.partial:
+            for c in core.values():
+                if c.name not in df.columns:
+                    df = df.with_columns(pl.lit(None, dtype=c.dtype).alias(c.name))
+
+        cast_cols: list[pl.Series] = []
+        for name in df.columns:
+            series = df[name]
+            target: pl.DataType | None
+            stored, why = storable_type(series.dtype)
+            if stored is None and not isinstance(series.dtype, pl.Null):
                 check.batch("type", name, str(series.dtype), why)
                 continue
-        out, bad = _lossless_cast(series, target)
-        if bad.any():
-            check.rows(bad, "type", name, series, f"cannot be stored as {target} without loss")
-        cast_cols.append(out.alias(name))
-    check.raise_if_any()
-    df = pl.DataFrame(cast_cols)
+            if name in core:
+                target = core[name].dtype
+            elif name in existing:
+                target = existing[name]
+            else:
+                target = stored
+                if target is None:
+                    check.batch("type", name, str(series.dtype), why)
+                    continue
+            out, bad = _lossless_cast(series, target)
+            if bad.any():
+                check.rows(bad, "type", name, series, f"cannot be stored as {target} without loss")
+            cast_cols.append(out.alias(name))
+        if check.batch_errors:
+            return df
+        staged = self._stage_done(pl.DataFrame(cast_cols))
+        if staged is None:
+            return df
+        df = staged
 
-    for c in core.values():
-        if c.required and c.name in df.columns:
-            check.rows(df[c.name].is_null(), "null", c.name, df[c.name], "a value is required")
-    if key in df.columns:
-        keys = df[key]
-        check.rows(keys == "", "key", key, keys, "keys must be non-empty")
-        if _has_duplicates(keys):  # a sort finds out 20x faster than hashing
-            dup = keys.is_duplicated() & keys.is_not_null()
-            check.rows(dup, "duplicate_key", key, keys, "the batch holds this key more than once")
+        for c in core.values():
+            if c.required and c.name in df.columns:
+                check.rows(df[c.name].is_null(), "null", c.name, df[c.name], "a value is required")
+        if key in df.columns:
+            keys = df[key]
+            check.rows(keys == "", "key", key, keys, "keys must be non-empty")
+            if _has_duplicates(keys):  # a sort finds out 20x faster than hashing
+                dup = keys.is_duplicated() & keys.is_not_null()
+                detail = "the batch holds this key more than once"
+                check.rows(dup, "duplicate_key", key, keys, detail)
 
-    if kind == "frames":
-        _check_frames(df, check)
-    else:
-        _check_boxes(df, check, classes, kind)
-    check.raise_if_any()
+        if kind == "frames":
+            _check_frames(df, check)
+        else:
+            _check_boxes(df, check, self.classes, kind)
+        staged = self._stage_done(df)
+        if staged is None:
+            return df
+        df = staged
 
-    order = [c.name for c in core.values() if c.name in df.columns]
-    order += [n for n in existing if n not in core and n in df.columns]
-    order += [n for n in df.columns if n not in order]
-    return df.select(order)
+        order = [c.name for c in core.values() if c.name in df.columns]
+        order += [n for n in existing if n not in core and n in df.columns]
+        order += [n for n in df.columns if n not in order]
+        return df.select(order)
 
 
 def _has_duplicates(keys: pl.Series) -> bool:
