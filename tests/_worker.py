@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import polars as pl
 
 import lakever as lv
-from tests.helpers import frames, labels
+from tests.helpers import frames, labels, vendor_batch
 
 
 def say(text: str) -> None:
@@ -120,6 +120,11 @@ def main() -> int:
         return 0
     ds = lake.dataset(name)
     say("READY")
+    if mode == "ingest":  # one upload named after the writer; COUNT frames of vendor rows
+        f, lab, _ = vendor_batch(int(count), prefix=writer)
+        up = ds.ingest(frames=f, labels=lab, upload_id=writer, chunk_rows=20, progress=False)
+        say(f"DONE {up.status} {len(up.commits)}")
+        return 0
     if mode == "fail":
         return fail_once(ds)
     if mode == "snapshot-race":

@@ -116,6 +116,24 @@ def labels(
     return df
 
 
+def vendor_batch(n_frames: int, *, bad_every: int = 7, prefix: str = "f") -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """Frames and labels where some rows break a rule; returns the expected verdicts too."""
+    f = frames(range(n_frames), prefix=prefix)
+    width = [-5 if i % bad_every == 3 else 640 for i in range(n_frames)]
+    f = f.with_columns(pl.Series("width", width))
+    bad_frames = {fid for fid, w in zip(f["frame_id"], width, strict=True) if w < 0}
+    lab = labels(f["frame_id"].to_list(), per_frame=3)
+    cls = ["dog" if i % 11 == 5 else "car" for i in range(lab.height)]
+    lab = lab.with_columns(pl.Series("cls", cls))
+    expected: dict[str, str] = {}
+    for lid, fid, c in zip(lab["label_id"], lab["frame_id"], lab["cls"], strict=True):
+        if c == "dog":
+            expected[lid] = "unknown_class"
+        elif fid in bad_frames:
+            expected[lid] = "frame_rejected"
+    return f, lab, {"bad_frames": bad_frames, "labels": expected}
+
+
 def table_hash(df: pl.DataFrame) -> str:
     """A content hash independent of row and column order."""
     if df.is_empty():

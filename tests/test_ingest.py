@@ -14,34 +14,16 @@ import pytest
 import lakever as lv
 from lakever import uploads as uploads_module
 from lakever.errors import LakeverError
-from tests.helpers import CLASSES, frames, labels, table_hash
+from tests.helpers import CLASSES, frames, labels, table_hash, vendor_batch
 
 
 def _dataset(lake: lv.Lake, name: str = "d") -> lv.Dataset:
     return lake.create_dataset(name, classes=CLASSES)
 
 
-def _vendor_batch(n_frames: int, *, bad_every: int = 7) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """Frames and labels where some rows break a rule; returns the expected verdicts too."""
-    f = frames(range(n_frames))
-    width = [-5 if i % bad_every == 3 else 640 for i in range(n_frames)]
-    f = f.with_columns(pl.Series("width", width))
-    bad_frames = {fid for fid, w in zip(f["frame_id"], width, strict=True) if w < 0}
-    lab = labels(f["frame_id"].to_list(), per_frame=3)
-    cls = ["dog" if i % 11 == 5 else "car" for i in range(lab.height)]
-    lab = lab.with_columns(pl.Series("cls", cls))
-    expected: dict[str, str] = {}
-    for lid, fid, c in zip(lab["label_id"], lab["frame_id"], lab["cls"], strict=True):
-        if c == "dog":
-            expected[lid] = "unknown_class"
-        elif fid in bad_frames:
-            expected[lid] = "frame_rejected"
-    return f, lab, {"bad_frames": bad_frames, "labels": expected}
-
-
 def test_partial_upload_commits_good_rows_and_records_each_bad_one(lake: lv.Lake) -> None:
     ds = _dataset(lake)
-    f, lab, truth = _vendor_batch(40)
+    f, lab, truth = vendor_batch(40)
     stray = pl.DataFrame(
         [{"label_id": "stray", "frame_id": "nowhere", "cls": "car", "x": 1.0, "y": 1.0,
           "w": 1.0, "h": 1.0}]
@@ -234,7 +216,7 @@ def test_inference_sets_are_pinned(local_lake: lv.Lake) -> None:
 
 def test_same_upload_id_again_makes_no_commit(local_lake: lv.Lake) -> None:
     ds = _dataset(local_lake)
-    f, lab, _ = _vendor_batch(20)
+    f, lab, _ = vendor_batch(20)
     first = ds.ingest(frames=f, labels=lab, upload_id="vendor-7", chunk_rows=30)
     head = ds.head.seq
     again = ds.ingest(frames=f, labels=lab, upload_id="vendor-7", chunk_rows=30)
@@ -258,7 +240,7 @@ def test_resume_after_a_failure_half_way(
 ) -> None:
     """A store error at any step of the 4th chunk; the retry ends as one clean run would."""
     ds = _dataset(local_lake)
-    f, lab, _ = _vendor_batch(30, bad_every=5)
+    f, lab, _ = vendor_batch(30, bad_every=5)
     reference, expected = _one_shot(local_lake, f, lab)
     calls = {"n": 0}
 
@@ -310,7 +292,7 @@ def test_resume_after_a_failure_half_way(
 
 def test_upload_tables_are_plain_delta(local_lake: lv.Lake) -> None:
     ds = _dataset(local_lake)
-    f, lab, _ = _vendor_batch(10)
+    f, lab, _ = vendor_batch(10)
     up = ds.ingest(frames=f, labels=lab, upload_id="x")
     events = pl.read_delta(f"{ds.root.uri}/uploads")
     assert set(events["upload_id"]) == {"x"}
@@ -354,7 +336,7 @@ def test_disk_full_during_errors_save_leaves_nothing_acknowledged(
     from lakever import storage
 
     ds = _dataset(local_lake)
-    f, lab, _ = _vendor_batch(10)
+    f, lab, _ = vendor_batch(10)
     real = storage.Location.put
 
     def full(self: storage.Location, data: bytes) -> None:
