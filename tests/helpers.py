@@ -116,7 +116,9 @@ def labels(
     return df
 
 
-def vendor_batch(n_frames: int, *, bad_every: int = 7, prefix: str = "f") -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+def vendor_batch(
+    n_frames: int, *, bad_every: int = 7, prefix: str = "f"
+) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Frames and labels where some rows break a rule; returns the expected verdicts too."""
     f = frames(range(n_frames), prefix=prefix)
     width = [-5 if i % bad_every == 3 else 640 for i in range(n_frames)]

@@ -84,8 +84,11 @@ def test_two_uploads_at_once_both_complete(lake: lv.Lake, lake_uri: tuple) -> No
         assert up.rows_committed == {"frames": len(good_frames), "labels": len(good_labels)}
         assert sorted(_upload_commits(ds, w)) == list(range(len(up.commits)))
     assert len(frames_now) == sum(
-        len(set(vendor_batch(60, prefix=w)[0]["frame_id"]) - vendor_batch(60, prefix=w)[2][
-            "bad_frames"]) for w in procs
+        len(
+            set(vendor_batch(60, prefix=w)[0]["frame_id"])
+            - vendor_batch(60, prefix=w)[2]["bad_frames"]
+        )
+        for w in procs
     )
     assert ds.uploads()["status"].to_list() == ["partial", "partial"]
     assert pl.read_delta(f"{ds.root.uri}/uploads", storage_options=options or None).height > 0
