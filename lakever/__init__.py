@@ -32,6 +32,7 @@ from lakever.errors import (
     SnapshotsExistError,
     StorageError,
     TableNotFoundError,
+    UploadNotFoundError,
     ValidationError,
     VersionUnavailableError,
 )
@@ -39,6 +40,7 @@ from lakever.refs import Ref
 from lakever.repair import RepairReport
 from lakever.tags import Snapshot
 from lakever.transaction import Transaction
+from lakever.uploads import Upload
 from lakever.view import View
 
 __version__ = "0.1.0"
@@ -72,6 +74,8 @@ __all__ = [
     "StorageError",
     "TableNotFoundError",
     "Transaction",
+    "Upload",
+    "UploadNotFoundError",
     "ValidationError",
     "VersionUnavailableError",
     "View",

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import polars as pl
 
@@ -32,6 +33,7 @@ from lakever.info import DatasetInfo, default_author
 from lakever.names import check_dataset_name
 from lakever.schema import normalize_classes
 from lakever.storage import Location, resolve_uri
+from lakever.uploads import Upload
 
 log = logging.getLogger("lakever")
 
@@ -227,6 +229,49 @@ class Lake:
     def dataset(self, name: str) -> Dataset:
         """Open a dataset; DatasetNotFoundError if there is none of that name."""
         return Dataset(self._dataset_root(name), self._info(name))
+
+    def import_coco(
+        self,
+        name: str,
+        annotations: str | Mapping[str, Any],
+        *,
+        images_root: str | None = None,
+        exist_ok: bool = False,
+        upload_id: str | None = None,
+    ) -> tuple[Dataset, Upload]:
+        """Create a dataset from a COCO annotation file (its categories are the classes).
+
+        Args:
+            name: the new dataset's name.
+            annotations: a COCO JSON path (local or s3://), or the loaded document.
+            images_root: joined in front of each ``file_name`` to make the frame's URI.
+            exist_ok: import into the dataset of that name if it exists (its
+                class map must hold every category of the file).
+            upload_id: the upload's id (a retry with the same id resumes it).
+
+        Returns:
+            The dataset and the `Upload` that filled it.
+
+        Example:
+            >>> ds, up = lake.import_coco("street", "instances_val.json")  # doctest: +SKIP
+        """
+        from lakever import coco
+
+        root = self._dataset_root(name)
+        doc = (
+            dict(annotations)
+            if isinstance(annotations, Mapping)
+            else coco.read_document(str(annotations), root.options)
+        )
+        exists = root.child("_lakever", "dataset.json").read_or_none() is not None
+        if exists and not exist_ok:
+            raise DatasetExistsError(
+                f"a dataset named {name!r} already exists in {self.uri}; pass exist_ok=True "
+                "to import into it"
+            )
+        ds = self.create_dataset(name, classes=coco.category_names(doc), exist_ok=True)
+        up = ds.import_coco(doc, images_root=images_root, upload_id=upload_id)
+        return ds, up
 
     def list_datasets(
         self,

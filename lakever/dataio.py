@@ -8,11 +8,16 @@ YOLO).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import os
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 
+from lakever.errors import InvalidInputError
+from lakever.refs import Ref
+from lakever.storage import Location
 from lakever.uploads import Upload, UploadRecords
 
 if TYPE_CHECKING:
@@ -37,6 +42,7 @@ class DataIO:
         message: str | None = None,
         author: str | None = None,
         progress: bool | None = None,
+        pinned_to: Ref | None = None,
     ) -> Upload:
         """Stream rows in, committing the good ones and recording the bad ones.
 
@@ -63,6 +69,8 @@ class DataIO:
             author: commit author.
             progress: show a progress bar (default: on a terminal, not under
                 CI; $LAKEVER_PROGRESS=0/1 overrides).
+            pinned_to: pin the inference sets to this version (default: a
+                set keeps its pin; a new one is pinned to its first commit).
 
         Each source may be a Polars/Arrow/pandas frame, a list of dicts, an
         iterable of rows or of batches (a stream), or a path or glob of
@@ -89,6 +97,113 @@ class DataIO:
             message=message,
             author=author,
             progress=progress,
+            pinned_to=pinned_to,
+        )
+
+    def import_coco(
+        self,
+        annotations: str | Mapping[str, Any],
+        *,
+        images_root: str | None = None,
+        upload_id: str | None = None,
+        mode: str = "upsert",
+    ) -> Upload:
+        """Bring a COCO annotation file in as frames and labels, as one upload.
+
+        Every category of the file must be in the class map (extend it first
+        with `extend_classes`); category ids are kept for `export_coco`. See
+        `lakever.coco` for how each field is stored. Bad rows are recorded in
+        the upload's errors; the rest are committed.
+
+        Args:
+            annotations: a COCO JSON path (local or s3://), or the loaded document.
+            images_root: joined in front of each ``file_name`` to make the frame's URI.
+            upload_id: the upload's id (a retry with the same id resumes it).
+            mode: as for `ingest`.
+        """
+        ds = self._self()
+        doc = _document(ds, annotations)
+        return _import_coco(ds, doc, images_root=images_root, upload_id=upload_id, mode=mode)
+
+    def import_coco_results(
+        self,
+        set_name: str,
+        results: str | list[Mapping[str, Any]],
+        *,
+        pinned_to: Ref | None = None,
+        upload_id: str | None = None,
+    ) -> Upload:
+        """Bring a COCO results (detections) file in as an inference set.
+
+        Each detection (``image_id``, ``category_id``, ``bbox``, ``score``)
+        becomes a prediction whose ``label_id`` is its position in the list
+        and whose ``confidence`` is its score. Category ids are read with the
+        ids `export_coco` writes.
+
+        Args:
+            set_name: the inference set.
+            results: a JSON path (local or s3://) holding a list, or the list itself.
+            pinned_to: the version the predictions were made against (default
+                as `upsert_inferences`).
+            upload_id: the upload's id.
+        """
+        from lakever import coco
+
+        ds = self._self()
+        if isinstance(results, (str, os.PathLike)):
+            loc = Location(str(results), ds.root.options if "://" in str(results) else {})
+            try:
+                results = json.loads(loc.read_bytes())
+            except FileNotFoundError:
+                raise InvalidInputError(f"no results file at {str(loc.uri)!r}") from None
+            except ValueError as exc:
+                raise InvalidInputError(f"{loc.uri!r} is not valid JSON: {exc}") from exc
+        if not isinstance(results, list):
+            raise InvalidInputError(
+                f"COCO results must be a list of detections, got a {type(results).__name__}"
+            )
+        names = {v: k for k, v in coco.category_ids(ds.head.classes, coco.load_meta(ds)).items()}
+        rows = coco.results_frame(results, names)
+        return ds.ingest(
+            inferences={set_name: rows},
+            upload_id=upload_id,
+            pinned_to=pinned_to,
+            message=f"import COCO results into {set_name}",
+        )
+
+    def import_yolo(
+        self,
+        root: str,
+        *,
+        classes: list[str] | None = None,
+        upload_id: str | None = None,
+        mode: str = "upsert",
+    ) -> Upload:
+        """Bring a YOLO folder (``images/``, ``labels/``, ``data.yaml``) in, as one upload.
+
+        Boxes are turned from YOLO's normalised centre format into pixels
+        (top-left corner and size); see `lakever.yolo`.
+
+        Args:
+            root: the folder, local or s3://.
+            classes: the class names by index (default: ``names`` of data.yaml,
+                else the dataset's class map).
+            upload_id: the upload's id.
+            mode: as for `ingest`.
+        """
+        from lakever import yolo
+
+        ds = self._self()
+        options = ds.root.options
+        names = classes or yolo.read_names(str(root), options) or list(ds.head.classes)
+        _require_classes(ds, names, what="YOLO class")
+        frames, labels = yolo.read_dataset(str(root), names, options)
+        return ds.ingest(
+            frames=frames,
+            labels=labels,
+            upload_id=upload_id,
+            mode=mode,
+            message=f"import YOLO {root}",
         )
 
     def uploads(self, *, status: str | None = None, limit: int | None = None) -> pl.DataFrame:
@@ -107,3 +222,43 @@ class DataIO:
         ds = self._self()
         ds.head  # noqa: B018 - refuses a deleted dataset
         return UploadRecords(ds.root).get(upload_id, dataset=ds.name)
+
+
+def _document(ds: Dataset, annotations: str | Mapping[str, Any]) -> dict[str, Any]:
+    from lakever import coco
+
+    if isinstance(annotations, Mapping):
+        return dict(annotations)
+    return coco.read_document(str(annotations), ds.root.options)
+
+
+def _require_classes(ds: Dataset, names: Sequence[str], *, what: str) -> None:
+    missing = [n for n in names if n not in ds.head.classes]
+    if missing:
+        raise InvalidInputError(
+            f"dataset {ds.name!r} has no {what}(es) {', '.join(map(repr, missing))} in its "
+            f"class map; add them first with ds.extend_classes({missing!r})"
+        )
+
+
+def _import_coco(
+    ds: Dataset,
+    doc: Mapping[str, Any],
+    *,
+    images_root: str | None,
+    upload_id: str | None,
+    mode: str,
+) -> Upload:
+    from lakever import coco
+
+    _require_classes(ds, coco.category_names(doc), what="COCO categor")
+    frames, frame_json = coco.frames_frame(doc, images_root)
+    labels, label_json = coco.labels_frame(doc)
+    coco.remember(ds, doc, {"frames": frame_json, "labels": label_json})
+    return ds.ingest(
+        frames=frames,
+        labels=labels,
+        upload_id=upload_id,
+        mode=mode,
+        message="import COCO annotations",
+    )

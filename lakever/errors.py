@@ -80,6 +80,10 @@ class RowNotFoundError(LakeverError, LookupError):
     """A write names keys (frame or label ids) that do not exist."""
 
 
+class UploadNotFoundError(LakeverError, LookupError):
+    """No upload with that id was recorded in the dataset."""
+
+
 class ReadOnlyError(LakeverError, PermissionError):
     """A write was attempted through a read-only view of a past version."""
 

@@ -73,6 +73,7 @@ class _State:
     chunk: int = 0
     rejected_frames: set[str] = field(default_factory=set)
     replaced: dict[str, set[str]] = field(default_factory=dict)  # table -> frames done
+    pin: int | None = None  # the seq inference sets are pinned to, when given
 
 
 def ingest(
@@ -87,6 +88,7 @@ def ingest(
     message: str | None,
     author: str | None,
     progress: bool | None,
+    pinned_to: Any = None,
 ) -> Upload:
     """Run (or resume) an upload; see `Dataset.ingest`."""
     if mode not in MODES:
@@ -101,6 +103,7 @@ def ingest(
     sources += [(inference_table(s), rows) for s, rows in (inferences or {}).items()]
     sources = [(t, s) for t, s in sources if s is not None]
     upload_id = _check_id(upload_id)
+    pin = None if pinned_to is None else ds.resolve(pinned_to).seq
     records = UploadRecords(ds.root)
     head = ds.head  # refuses a deleted dataset before anything is written
 
@@ -114,6 +117,7 @@ def ingest(
         message=message or f"upload {upload_id}",
         author=author or default_author(),
         started_at=now_utc(),
+        pin=pin,
     )
     if events.is_empty():
         records.append_event(_event(state, "start", chunk=-1, commit_seq=None, head_seq=head.seq))
@@ -375,6 +379,8 @@ class _ChunkOp:
         pin = None
         if table != LABELS:
             name = table.split("/", 1)[1]
+            if self._state.pin is not None:
+                st.pins[name] = self._state.pin
             st.pins.setdefault(name, st.head.seq + 1)
             pin = st.pins[name]
         try:

@@ -29,7 +29,7 @@ from deltalake import DeltaTable
 
 from lakever import _delta, _deltalog
 from lakever.commits import now_utc
-from lakever.errors import ConflictError, InvalidInputError, LakeverError
+from lakever.errors import ConflictError, InvalidInputError, LakeverError, UploadNotFoundError
 from lakever.storage import Location
 
 STATUSES = ("running", "done", "partial", "failed")
@@ -73,10 +73,6 @@ ERROR_SCHEMA: dict[str, pl.DataType] = {
 ERROR_COLUMNS = ("table", "row", "key", "rule", "column", "value", "message")
 
 _MAX_ATTEMPTS = 200
-
-
-class UploadNotFoundError(LakeverError, LookupError):
-    """No upload with that id was recorded in the dataset."""
 
 
 @dataclass

@@ -77,6 +77,38 @@ class TableReader:
         version = self._version(table)
         return self._dataset.table_location(table).uri, version
 
+    # -- export -----------------------------------------------------------------------
+
+    def export(self, path: str, *, format: str = "parquet") -> list[str]:
+        """Write every table to ``path/<table>.<format>`` ('parquet', 'csv' or 'jsonl').
+
+        `path` is a local folder or an s3:// prefix. Returns the files written.
+        """
+        from lakever.exports import export_tables
+
+        return export_tables(self, path, format=format)
+
+    def export_coco(self, path: str | None = None) -> dict[str, Any]:
+        """The frames and labels as a COCO document; also written to `path` when given.
+
+        Categories keep the ids (and supercategories) of the COCO file they
+        were imported from; classes added since get the next free ids.
+        `pycocotools.coco.COCO(path)` loads the file.
+        """
+        from lakever.exports import export_coco
+
+        return export_coco(self, path)
+
+    def export_yolo(self, directory: str) -> int:
+        """Write the frames and labels as a YOLO folder; return the number of frames.
+
+        Writes ``labels/<frame_id>.txt``, ``data.yaml`` (the class map, in
+        order) and ``images.txt`` (the image URIs). Images are not copied.
+        """
+        from lakever.exports import export_yolo
+
+        return export_yolo(self, directory)
+
     @property
     def tables(self) -> list[str]:
         """Tables present at this commit."""

@@ -242,7 +242,7 @@ def test_same_upload_id_again_makes_no_commit(local_lake: lv.Lake) -> None:
     assert again.commits == first.commits and again.rows_committed == first.rows_committed
     assert again.errors.equals(first.errors)
     assert ds.upload("vendor-7").status == first.status
-    with pytest.raises(uploads_module.UploadNotFoundError, match="no-such"):
+    with pytest.raises(lv.UploadNotFoundError, match="no-such"):
         ds.upload("no-such")
 
 

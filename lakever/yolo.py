@@ -1,0 +1,197 @@
+"""YOLO import and export (the Ultralytics / Darknet text format).
+
+A YOLO dataset is a folder with ``images/`` and ``labels/`` side by side
+(sub-folders such as ``train/`` and ``val/`` are kept), one ``.txt`` per image
+with a line ``class x_center y_center width height`` per box, normalised to
+[0, 1] by the image size, and a ``data.yaml`` whose ``names`` list (or
+index → name map) gives the classes.
+
+Import: each image is a frame whose ``frame_id`` is its path under
+``images/`` without the extension (``train/000123``), with its size read from
+the image header. Each line is a label ``<frame_id>:<line number>`` with the box
+turned into lakever's pixels (top-left corner and size). A class index outside
+the names becomes that number as ``cls`` and is rejected as an unknown class;
+a malformed line is rejected as a bad box.
+
+Export writes ``labels/<frame_id>.txt`` for every frame (empty when it has no
+labels), ``data.yaml`` with the class map in order, and ``images.txt`` with one
+image URI per line, in the same order as the label files.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import yaml
+
+from lakever.errors import InvalidInputError
+from lakever.schema import FRAMES, LABELS
+from lakever.storage import Location
+
+if TYPE_CHECKING:
+    from lakever.view import TableReader
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+def _root(root: str, options: Mapping[str, str]) -> Location:
+    return Location(root.rstrip("/"), options if "://" in root else {})
+
+
+def read_names(root: str, options: Mapping[str, str]) -> list[str] | None:
+    """The class names of `root/data.yaml` (or the first ``*.yaml`` there), if any."""
+    loc = _root(root, options)
+    candidates = ["data.yaml", *sorted(n for n in loc.list_names() if n.endswith(".yaml"))]
+    for name in candidates:
+        data = loc.child(name).read_or_none()
+        if data is None:
+            continue
+        try:
+            doc = yaml.safe_load(data)
+        except yaml.YAMLError as exc:
+            raise InvalidInputError(f"{loc.child(name).uri} is not valid YAML: {exc}") from exc
+        names = doc.get("names") if isinstance(doc, dict) else None
+        if isinstance(names, dict):
+            return [str(names[k]) for k in sorted(names, key=int)]
+        if isinstance(names, list):
+            return [str(n) for n in names]
+    return None
+
+
+def _relative(files: Sequence[str], base: str) -> dict[str, str]:
+    """Stem path under `base` (no extension) -> full path."""
+    out = {}
+    for path in files:
+        rel = posixpath.relpath(path, base)
+        out[posixpath.splitext(rel)[0]] = path
+    return out
+
+
+def read_dataset(
+    root: str, classes: Sequence[str], options: Mapping[str, str]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The frames and labels rows of a YOLO folder."""
+    from PIL import Image  # only imports need it
+
+    loc = _root(root, options)
+    fs = loc.fs
+    images_dir = posixpath.join(loc.path, "images")
+    labels_dir = posixpath.join(loc.path, "labels")
+    if not fs.isdir(images_dir):
+        raise InvalidInputError(f"{loc.uri} has no images/ folder: not a YOLO dataset")
+    images = _relative(
+        sorted(p for p in fs.find(images_dir) if p.lower().endswith(IMAGE_SUFFIXES)), images_dir
+    )
+    texts = (
+        _relative(sorted(p for p in fs.find(labels_dir) if p.endswith(".txt")), labels_dir)
+        if fs.isdir(labels_dir)
+        else {}
+    )
+    scheme = "" if loc.is_local else loc.uri.split("://", 1)[0] + "://"
+    frames: list[dict[str, Any]] = []
+    sizes: dict[str, tuple[int, int]] = {}
+    for frame_id, path in images.items():
+        with fs.open(path, "rb") as fh:
+            try:
+                width, height = Image.open(fh).size
+            except OSError as exc:
+                raise InvalidInputError(f"cannot read the size of image {path!r}: {exc}") from exc
+        sizes[frame_id] = (width, height)
+        frames.append(
+            {
+                "frame_id": frame_id,
+                "uri": scheme + path,
+                "media_type": "image",
+                "width": width,
+                "height": height,
+            }
+        )
+    rows: list[dict[str, Any]] = []
+    for frame_id, path in texts.items():
+        width, height = sizes.get(frame_id, (0, 0))
+        lines = fs.cat_file(path).decode().splitlines()
+        for i, line in enumerate(lines):
+            if line.strip():
+                rows.append(_label(frame_id, i, line, classes, width, height))
+    frames_df = pl.DataFrame(
+        frames,
+        schema={
+            "frame_id": pl.String,
+            "uri": pl.String,
+            "media_type": pl.String,
+            "width": pl.Int64,
+            "height": pl.Int64,
+        },
+    )
+    labels_df = pl.DataFrame(
+        rows,
+        schema={
+            "label_id": pl.String,
+            "frame_id": pl.String,
+            "cls": pl.String,
+            "x": pl.Float64,
+            "y": pl.Float64,
+            "w": pl.Float64,
+            "h": pl.Float64,
+        },
+    )
+    return frames_df, labels_df
+
+
+def _label(
+    frame_id: str, index: int, line: str, classes: Sequence[str], width: int, height: int
+) -> dict[str, Any]:
+    parts = line.split()
+    nan = float("nan")
+    try:
+        cls_index = int(parts[0])
+        cx, cy, w, h = (float(v) for v in parts[1:5])
+        if len(parts) != 5:
+            raise ValueError
+    except (ValueError, IndexError):
+        cls_index, cx, cy, w, h = -1, nan, nan, nan, nan  # rejected as a bad box
+    cls = classes[cls_index] if 0 <= cls_index < len(classes) else parts[0] if parts else ""
+    return {
+        "label_id": f"{frame_id}:{index}",
+        "frame_id": frame_id,
+        "cls": cls,
+        "x": (cx - w / 2) * width,
+        "y": (cy - h / 2) * height,
+        "w": w * width,
+        "h": h * height,
+    }
+
+
+def export_dataset(reader: TableReader, directory: str, options: Mapping[str, str]) -> int:
+    """Write a version as a YOLO folder; return the number of label files written."""
+    loc = _root(directory, options)
+    classes = list(reader.classes)
+    index = {c: i for i, c in enumerate(classes)}
+    frames = reader.read(FRAMES).sort("frame_id")
+    labels = reader.read(LABELS).join(
+        frames.select("frame_id", "width", "height"), on="frame_id", how="inner"
+    )
+    lines = labels.select(
+        "frame_id",
+        pl.col("cls").replace_strict(index, return_dtype=pl.Int64).alias("c"),
+        ((pl.col("x") + pl.col("w") / 2) / pl.col("width")).alias("cx"),
+        ((pl.col("y") + pl.col("h") / 2) / pl.col("height")).alias("cy"),
+        (pl.col("w") / pl.col("width")).alias("nw"),
+        (pl.col("h") / pl.col("height")).alias("nh"),
+        "label_id",
+    ).sort("frame_id", "label_id")
+    by_frame: dict[str, list[str]] = {}
+    for f, c, cx, cy, nw, nh, _ in lines.iter_rows():
+        by_frame.setdefault(f, []).append(f"{c} {cx!r} {cy!r} {nw!r} {nh!r}")
+    for frame_id in frames["frame_id"].to_list():
+        text = "".join(line + "\n" for line in by_frame.get(frame_id, []))
+        loc.child("labels", f"{frame_id}.txt").put(text.encode())
+    names = {i: c for i, c in enumerate(classes)}
+    loc.child("data.yaml").put(
+        yaml.safe_dump({"nc": len(classes), "names": names}, sort_keys=False).encode()
+    )
+    loc.child("images.txt").put("".join(u + "\n" for u in frames["uri"].to_list()).encode())
+    return frames.height

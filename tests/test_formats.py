@@ -1,0 +1,381 @@
+"""COCO and YOLO: import, export, round trips checked with pycocotools; table exports."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+import lakever as lv
+from tests.helpers import CLASSES, frames, labels
+
+SAMPLE = Path(__file__).parent / "data" / "terrain2_coco.json"
+
+
+def _rle(height: int, width: int, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    m = np.asfortranarray((rng.random((height, width)) > 0.6).astype(np.uint8))
+    rle = mask_utils.encode(m)
+    return {"size": rle["size"], "counts": rle["counts"].decode()}
+
+
+def coco_document() -> dict[str, Any]:
+    """A COCO file with what real ones hold: id gaps, crowds, RLE, keypoints, video frames."""
+    images = [
+        {
+            "id": 1,
+            "file_name": "a/1.jpg",
+            "width": 640,
+            "height": 480,
+            "license": 2,
+            "coco_url": "http://images/1.jpg",
+            "date_captured": "2013-11-14 16:28:13",
+        },
+        {"id": 7, "file_name": "a/7.jpg", "width": 320, "height": 240, "license": 1},
+        {
+            "id": 12,
+            "file_name": "clip/0003.jpg",
+            "width": 1280,
+            "height": 720,
+            "video_id": 4,
+            "frame_index": 3,
+        },
+        {"id": 13, "file_name": "empty.jpg", "width": 100, "height": 100},
+    ]
+    categories = [
+        {
+            "id": 1,
+            "name": "person",
+            "supercategory": "person",
+            "keypoints": ["nose", "eye"],
+            "skeleton": [[1, 2]],
+        },
+        {"id": 3, "name": "car", "supercategory": "vehicle"},
+        {"id": 90, "name": "toothbrush", "supercategory": "indoor"},
+    ]
+    annotations = [
+        {
+            "id": 100,
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [10.5, 20.25, 100.0, 200.0],
+            "area": 15321.5,
+            "iscrowd": 0,
+            "segmentation": [[10.5, 20.25, 110.5, 20.25, 110.5, 220.25]],
+            "keypoints": [50, 60, 2, 55, 62, 1],
+            "num_keypoints": 2,
+        },
+        {
+            "id": 101,
+            "image_id": 1,
+            "category_id": 3,
+            "bbox": [0, 0, 64, 48],
+            "area": 1200,
+            "iscrowd": 1,
+            "segmentation": _rle(480, 640, 1),
+        },
+        {
+            "id": 102,
+            "image_id": 7,
+            "category_id": 3,
+            "bbox": [1.0, 2.0, 3.0, 4.0],
+            "area": 12.0,
+            "iscrowd": 1,
+            "segmentation": {"size": [240, 320], "counts": [5, 10, 76785]},
+        },
+        {
+            "id": 103,
+            "image_id": 12,
+            "category_id": 90,
+            "bbox": [5.0, 5.0, 10.0, 10.0],
+            "area": 100.0,
+            "iscrowd": 0,
+            "segmentation": [[5, 5, 15, 5, 15, 15]],
+            "track_id": 9,
+            "score": 0.75,
+            "attributes": {"occluded": True, "tags": ["x"]},
+        },
+    ]
+    return {
+        "info": {"description": "test", "version": "1.0"},
+        "licenses": [{"id": 1, "name": "cc"}, {"id": 2, "name": "cc-by"}],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+
+
+def _by_id(records: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    return {r["id"]: r for r in records}
+
+
+def assert_same_coco(original: dict[str, Any], exported: dict[str, Any]) -> None:
+    for key in ("images", "annotations", "categories"):
+        assert _by_id(exported[key]) == _by_id(original[key]), key
+    for key in ("info", "licenses"):
+        assert exported.get(key) == original.get(key)
+
+
+def _round_trip(lake: lv.Lake, doc: dict[str, Any], tmp_path: Path, name: str = "c") -> dict:
+    src = tmp_path / f"{name}-in.json"
+    src.write_text(json.dumps(doc))
+    ds, up = lake.import_coco(name, str(src))
+    assert up.status == "done", up.errors
+    out = tmp_path / f"{name}-out.json"
+    exported = ds.export_coco(str(out))
+    loaded = COCO(str(out))  # pycocotools reads it
+    assert loaded.dataset == exported
+    return exported
+
+
+def test_coco_round_trip_field_by_field(local_lake: lv.Lake, tmp_path: Path) -> None:
+    doc = coco_document()
+    exported = _round_trip(local_lake, doc, tmp_path)
+    assert_same_coco(doc, exported)
+    ds = local_lake.dataset("c")
+    assert ds.classes == ("person", "car", "toothbrush")
+    f = ds.read("frames").sort("frame_id")
+    assert f["frame_id"].to_list() == ["1", "12", "13", "7"]
+    video = f.filter(pl.col("frame_id") == "12").row(0, named=True)
+    assert (video["media_type"], video["group_id"], video["sequence"]) == ("video_frame", "4", 3)
+    lab = ds.read("labels").filter(pl.col("label_id") == "100").row(0, named=True)
+    assert (lab["x"], lab["y"], lab["w"], lab["h"], lab["cls"]) == (
+        10.5,
+        20.25,
+        100.0,
+        200.0,
+        "person",
+    )
+    # pycocotools decodes the crowd masks exactly as in the original
+    loaded = COCO(str(tmp_path / "c-out.json"))
+    original = COCO(str(tmp_path / "c-in.json"))
+    for ann_id in (100, 101, 102, 103):
+        want = original.annToMask(original.anns[ann_id])
+        assert want.any()
+        assert np.array_equal(loaded.annToMask(loaded.anns[ann_id]), want)
+
+
+def test_real_sample_file_round_trips(local_lake: lv.Lake, tmp_path: Path) -> None:
+    doc = json.loads(SAMPLE.read_text())
+    exported = _round_trip(local_lake, doc, tmp_path, name="terrain")
+    assert_same_coco(doc, exported)
+
+
+def test_images_root_and_s3_paths(local_lake: lv.Lake, tmp_path: Path) -> None:
+    doc = coco_document()
+    ds, _ = local_lake.import_coco("r", doc, images_root="s3://media/coco/")
+    uris = dict(ds.read("frames").select("frame_id", "uri").iter_rows())
+    assert uris["1"] == "s3://media/coco/a/1.jpg"
+    assert_same_coco(doc, ds.export_coco())  # file_name is kept as given
+
+
+def test_import_into_existing_dataset(local_lake: lv.Lake) -> None:
+    doc = coco_document()
+    ds = local_lake.create_dataset("x", classes=["person", "car"])
+    with pytest.raises(lv.InvalidInputError, match="toothbrush"):
+        ds.import_coco(doc)
+    with pytest.raises(lv.DatasetExistsError):
+        local_lake.import_coco("x", doc)
+    ds.extend_classes(["toothbrush"])
+    _, up = local_lake.import_coco("x", doc, exist_ok=True)
+    assert up.status == "done" and ds.read("labels").height == 4
+    clash = coco_document()
+    clash["categories"][1]["id"] = 4
+    with pytest.raises(lv.InvalidInputError, match="renumber"):
+        ds.import_coco(clash)
+
+
+def test_bad_annotations_are_rejected_row_by_row(local_lake: lv.Lake) -> None:
+    doc = coco_document()
+    doc["annotations"].append(
+        {
+            "id": 104,
+            "image_id": 999,
+            "category_id": 3,
+            "bbox": [0, 0, 1, 1],
+            "area": 1,
+            "iscrowd": 0,
+        }
+    )
+    doc["annotations"].append(
+        {"id": 105, "image_id": 1, "category_id": 3, "bbox": [0, 0, -1, 1], "area": 1, "iscrowd": 0}
+    )
+    _, up = local_lake.import_coco("bad", doc)
+    assert up.status == "partial"
+    assert dict(zip(up.errors["key"], up.errors["rule"], strict=True)) == {
+        "104": "missing_frame",
+        "105": "box",
+    }
+
+
+def test_coco_results_become_a_pinned_inference_set(local_lake: lv.Lake, tmp_path: Path) -> None:
+    doc = coco_document()
+    ds, _ = local_lake.import_coco("p", doc)
+    pin = ds.head.seq
+    ds.delete_frames(["7"])
+    results = [
+        {"image_id": 1, "category_id": 3, "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.9},
+        {"image_id": 7, "category_id": 90, "bbox": [5.0, 5.0, 5.0, 5.0], "score": 0.2},
+        {"image_id": 1, "category_id": 77, "bbox": [1.0, 1.0, 1.0, 1.0], "score": 0.5},
+    ]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(results))
+    up = ds.import_coco_results("det", str(path), pinned_to=pin)
+    assert up.rows_committed == {"inferences/det": 2}  # frame 7 existed at the pin
+    assert up.errors["rule"].to_list() == ["unknown_class"]
+    assert ds.head.pins["det"] == pin
+    preds = ds.read("inferences/det").sort("label_id")
+    assert preds["cls"].to_list() == ["car", "toothbrush"]
+    assert preds["confidence"].to_list() == [0.9, 0.2]
+    # the detections load in pycocotools against the exported ground truth
+    gt_path = tmp_path / "gt.json"
+    ds.at(pin).export_coco(str(gt_path))
+    gt = COCO(str(gt_path))
+    dt = gt.loadRes([r for r in results if r["category_id"] != 77])
+    assert len(dt.anns) == 2
+
+
+def _boxes(draw: Any, image_ids: list[int], cat_ids: list[int]) -> list[dict[str, Any]]:
+    anns = []
+    n = draw(st.integers(0, 12))
+    ids = draw(st.lists(st.integers(1, 10**9), min_size=n, max_size=n, unique=True))
+    coord = st.floats(0, 2000, allow_nan=False, width=64)
+    for ann_id in ids:
+        bbox = [draw(coord), draw(coord), draw(coord), draw(coord)]
+        ann = {
+            "id": ann_id,
+            "image_id": draw(st.sampled_from(image_ids)),
+            "category_id": draw(st.sampled_from(cat_ids)),
+            "bbox": bbox,
+            "area": draw(coord),
+            "iscrowd": draw(st.sampled_from([0, 1])),
+        }
+        if draw(st.booleans()):
+            ann["segmentation"] = [[draw(coord) for _ in range(6)]]
+        anns.append(ann)
+    return anns
+
+
+@st.composite
+def coco_documents(draw: Any) -> dict[str, Any]:
+    image_ids = draw(st.lists(st.integers(1, 10**6), min_size=1, max_size=6, unique=True))
+    images = [
+        {
+            "id": i,
+            "file_name": f"{i}.jpg",
+            "width": draw(st.integers(1, 4000)),
+            "height": draw(st.integers(1, 4000)),
+        }
+        for i in image_ids
+    ]
+    cat_ids = draw(st.lists(st.integers(1, 500), min_size=1, max_size=4, unique=True))
+    categories = [{"id": c, "name": f"c{c}", "supercategory": "s"} for c in cat_ids]
+    return {
+        "images": images,
+        "categories": categories,
+        "annotations": _boxes(draw, image_ids, cat_ids),
+    }
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(doc=coco_documents())
+def test_generated_coco_files_round_trip(tmp_path_factory: Any, doc: dict[str, Any]) -> None:
+    tmp = tmp_path_factory.mktemp("coco")
+    lake = lv.connect(tmp / "lake")
+    exported = _round_trip(lake, doc, tmp)
+    assert_same_coco(doc, exported)
+
+
+# -- YOLO ---------------------------------------------------------------------------
+
+
+def _yolo_folder(root: Path) -> dict[str, list[str]]:
+    sizes = {"train/a": (640, 480), "train/b": (100, 50), "val/c": (33, 77)}
+    lines = {
+        "train/a": ["0 0.5 0.5 0.25 0.125", "2 0.1234567890123 0.9 0.05 0.1"],
+        "train/b": ["1 0.3333333333333333 0.6666666666666666 0.2 0.4"],
+        "val/c": [],
+    }
+    for stem, (w, h) in sizes.items():
+        (root / "images" / stem).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (w, h)).save(root / "images" / f"{stem}.png")
+        (root / "labels" / stem).parent.mkdir(parents=True, exist_ok=True)
+        (root / "labels" / f"{stem}.txt").write_text("".join(x + "\n" for x in lines[stem]))
+    (root / "data.yaml").write_text("names:\n  0: car\n  1: person\n  2: bike\n")
+    return lines
+
+
+def test_yolo_round_trip(local_lake: lv.Lake, tmp_path: Path) -> None:
+    lines = _yolo_folder(tmp_path / "y")
+    ds = local_lake.create_dataset("y", classes=["car", "person", "bike"])
+    up = ds.import_yolo(str(tmp_path / "y"))
+    assert up.status == "done", up.errors
+    a = ds.read("labels").filter(pl.col("label_id") == "train/a:0").row(0, named=True)
+    assert (a["x"], a["y"], a["w"], a["h"], a["cls"]) == (240.0, 210.0, 160.0, 60.0, "car")
+    out = tmp_path / "out"
+    assert ds.export_yolo(str(out)) == 3
+    for stem, want in lines.items():
+        got = (out / "labels" / f"{stem}.txt").read_text().splitlines()
+        assert len(got) == len(want)
+        for g, w in zip(sorted(got), sorted(want), strict=True):
+            gv, wv = g.split(), w.split()
+            assert gv[0] == wv[0]
+            for x, y in zip(gv[1:], wv[1:], strict=True):
+                assert math.isclose(float(x), float(y), rel_tol=1e-12, abs_tol=1e-15)
+    assert "bike" in (out / "data.yaml").read_text()
+    assert len((out / "images.txt").read_text().splitlines()) == 3
+
+
+def test_yolo_bad_lines_are_rejected(local_lake: lv.Lake, tmp_path: Path) -> None:
+    _yolo_folder(tmp_path / "y")
+    (tmp_path / "y" / "labels" / "val" / "c.txt").write_text("7 0.5 0.5 0.1 0.1\nnot a box\n")
+    ds = local_lake.create_dataset("y", classes=["car", "person", "bike"])
+    up = ds.import_yolo(str(tmp_path / "y"))
+    assert up.status == "partial"
+    assert dict(zip(up.errors["key"], up.errors["rule"], strict=True)) == {
+        "val/c:0": "unknown_class",
+        "val/c:1": "box",
+    }
+
+
+def test_yolo_needs_its_classes(local_lake: lv.Lake, tmp_path: Path) -> None:
+    _yolo_folder(tmp_path / "y")
+    ds = local_lake.create_dataset("y", classes=["car"])
+    with pytest.raises(lv.InvalidInputError, match="extend_classes"):
+        ds.import_yolo(str(tmp_path / "y"))
+    with pytest.raises(lv.InvalidInputError, match="no images/ folder"):
+        ds.import_yolo(str(tmp_path))
+
+
+# -- table exports ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_export_tables(lake: lv.Lake, tmp_path: Path, fmt: str) -> None:
+    ds = lake.create_dataset("e", classes=CLASSES)
+    ds.add_frames(frames(range(3), tags=[["a", "b"], [], ["c"]]))
+    ds.upsert_labels(labels(["f00000", "f00001"]))
+    ds.create_snapshot("v1")
+    ds.delete_frames(["f00000"])
+    files = ds.at("v1").export(str(tmp_path / "out"), format=fmt)
+    assert sorted(Path(f).name for f in files) == [f"frames.{fmt}", f"labels.{fmt}"]
+    read = {"parquet": pl.read_parquet, "csv": pl.read_csv, "jsonl": pl.read_ndjson}[fmt]
+    got = read(tmp_path / "out" / f"labels.{fmt}")
+    assert sorted(got["label_id"]) == sorted(ds.at("v1").read("labels")["label_id"])
+    f = read(tmp_path / "out" / f"frames.{fmt}").sort("frame_id")
+    tags = f["tags"].to_list()
+    assert (tags[0] if fmt != "csv" else json.loads(tags[0])) == ["a", "b"]
+    with pytest.raises(lv.InvalidInputError, match="format must be"):
+        ds.export(str(tmp_path / "x"), format="xlsx")
