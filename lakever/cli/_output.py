@@ -101,3 +101,26 @@ def snapshots_table(snaps: Sequence[Snapshot], title: str | None = None) -> None
             for s in snaps
         ],
     )
+
+
+def short(value: Any, width: int = 60) -> str:
+    """A value on one line, cut to `width` characters."""
+    text = json.dumps(_plain(value), default=str) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def change_cell(
+    change: str,
+    changed: Sequence[str],
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+) -> str:
+    """What a row change did, readable: old → new for each changed column."""
+    if change == "modified" and before is not None and after is not None:
+        return "; ".join(
+            f"{c}: {short(before.get(c), 30)} → {short(after.get(c), 30)}" for c in changed
+        )
+    row = after if change == "added" else before
+    if not row:
+        return ""
+    return ", ".join(f"{k}={short(v, 30)}" for k, v in row.items() if v is not None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -10,15 +11,45 @@ from typing import Annotated, Any, TypeVar
 
 import polars as pl
 import typer
+from typer.core import TyperGroup
 
 import lakever as lv
 from lakever.cli import _output as o
 from lakever.cli.quickstart import run_quickstart
 
+#: Options every command takes; they may also come before the command's name.
+_GLOBAL_FLAGS = ("--json", "--verbose", "-v")
+_GLOBAL_VALUES = ("--uri",)
+
+
+class _Root(TyperGroup):
+    """The root command: global options before a subcommand are handed to it."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        moved: list[str] = []
+        rest = list(args)
+        while rest:
+            head = rest[0]
+            if head in _GLOBAL_FLAGS:
+                moved.append(rest.pop(0))
+            elif head in _GLOBAL_VALUES and len(rest) > 1:
+                moved += [rest.pop(0), rest.pop(0)]
+            elif head.split("=", 1)[0] in _GLOBAL_VALUES and "=" in head:
+                moved.append(rest.pop(0))
+            else:
+                break
+        if rest and moved:
+            rest += moved
+        else:
+            rest = moved + rest
+        return super().parse_args(ctx, rest)
+
+
 app = typer.Typer(
-    help="Version computer-vision datasets stored as Delta Lake tables.",
+    cls=_Root,
+    help="Version computer-vision datasets stored as Delta Lake tables. "
+    "--uri, --json and --verbose go before or after the command's name.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 snapshot_app = typer.Typer(help="Create, list, show and delete snapshots.", no_args_is_help=True)
@@ -33,6 +64,24 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks 
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Confirm a destructive operation.")]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _version(value: bool) -> None:
+    if value:
+        o.out.print(f"lakever {lv.__version__}", markup=False)
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Global options (see the app's help)."""
 
 
 #: Exit codes, by what went wrong (documented in the README).
@@ -153,6 +202,10 @@ def create(
     verbose: Verbose = False,
     description: Annotated[str, typer.Option(help="Free text.")] = "",
     project: Annotated[str | None, typer.Option(help="Project name.")] = None,
+    tags: Annotated[str, typer.Option(help="Comma-separated tags.")] = "",
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="Succeed if the dataset exists already.")
+    ] = False,
     edits: Annotated[
         str,
         typer.Option(
@@ -162,17 +215,25 @@ def create(
     ] = "merge-on-read",
 ) -> None:
     """Create an empty dataset."""
-    ds = lv.connect(uri).create_dataset(
+    lake = lv.connect(uri)
+    existed = False
+    if exist_ok:
+        with contextlib.suppress(lv.DatasetNotFoundError, lv.LakeNotFoundError):
+            existed = lake.dataset(name) is not None
+    ds = lake.create_dataset(
         name,
         classes=[c.strip() for c in classes.split(",") if c.strip()],
         description=description,
         project=project,
+        tags=[t.strip() for t in tags.split(",") if t.strip()],
+        exist_ok=exist_ok,
         edits=edits,
     )
     if json_out:
         o.emit_json(ds.head.to_dict())
     else:
-        o.out.print(f"created dataset {ds.name} with {len(ds.classes)} classes")
+        verb = "dataset exists:" if existed else "created dataset"
+        o.out.print(f"{verb} {ds.name} with {len(ds.classes)} classes")
 
 
 @app.command("log")
@@ -269,9 +330,13 @@ def _show_diff(d: lv.Diff, *, table: str | None, rows: bool, limit: int, json_ou
         key = df.columns[0]
         o.table(
             f"{t} rows (first {limit})",
-            [key, "change", "changed columns"],
-            [(r[key], r["change"], ", ".join(r["changed"])) for r in df.iter_rows(named=True)],
+            [key, "change", "old → new"],
+            [(r[key], r["change"], o.change_cell(*_cells(r))) for r in df.iter_rows(named=True)],
         )
+
+
+def _cells(r: dict[str, Any]) -> tuple[str, list[str], Any, Any]:
+    return r["change"], r["changed"], r["before"], r["after"]
 
 
 @app.command("diff")
@@ -326,12 +391,20 @@ def history(
     if (frame_id is None) == (label_id is None):
         raise lv.InvalidInputError("give exactly one of --frame-id or --label-id")
     h = lv.connect(uri).dataset(dataset).history(frame_id=frame_id, label_id=label_id)
+    rows = [
+        {
+            **r,
+            "before": None if r["before"] is None else json.loads(r["before"]),
+            "after": None if r["after"] is None else json.loads(r["after"]),
+        }
+        for r in h.iter_rows(named=True)
+    ]
     if json_out:
-        o.emit_json(h.to_dicts())
+        o.emit_json(rows)
         return
     o.table(
         None,
-        ["seq", "time (UTC)", "author", "table", "key", "change", "changed", "after", "message"],
+        ["seq", "time (UTC)", "author", "table", "key", "change", "old → new", "message"],
         [
             (
                 r["seq"],
@@ -340,11 +413,10 @@ def history(
                 r["table"],
                 r["key"],
                 r["change"],
-                ", ".join(r["changed"]),
-                r["after"] or "",
+                o.change_cell(r["change"], r["changed"], r["before"], r["after"]),
                 r["message"],
             )
-            for r in h.iter_rows(named=True)
+            for r in rows
         ],
     )
 
