@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from lakever.errors import InvalidInputError
 from lakever.schema import to_polars
-from lakever.storage import Location
+from lakever.storage import user_location
 
 #: Columns read as text from CSV files whatever they look like (ids keep leading zeros).
 TEXT_COLUMNS = ("frame_id", "label_id", "uri", "media_type", "group_id", "cls")
@@ -111,13 +111,9 @@ def _looks_columnar(item: Mapping[str, Any]) -> bool:
     return bool(item) and all(isinstance(v, (list, tuple)) for v in item.values())
 
 
-def _location(path: str, options: Mapping[str, str]) -> Location:
-    return Location(path, options if "://" in path else {})
-
-
 def _expand(pattern: str, options: Mapping[str, str]) -> list[str]:
     """The files a path or glob names, sorted; a folder means the files in it."""
-    loc = _location(pattern, options)
+    loc = user_location(pattern, options)
     fs = loc.fs
     scheme = "" if loc.is_local else pattern.split("://", 1)[0] + "://"
     try:
@@ -149,7 +145,7 @@ def _format(path: str, *, strict: bool = True) -> str | None:
 
 
 def _open(path: str, options: Mapping[str, str]) -> Any:
-    loc = _location(path, options)
+    loc = user_location(path, options)
     handle = loc.fs.open(loc.path, "rb")
     return gzip.GzipFile(fileobj=handle) if path.lower().endswith(".gz") else handle
 

@@ -31,7 +31,7 @@ import polars as pl
 
 from lakever.errors import InvalidInputError
 from lakever.schema import FRAMES, LABELS, core_columns
-from lakever.storage import Location
+from lakever.storage import user_location
 
 if TYPE_CHECKING:
     from lakever.dataset import Dataset
@@ -45,7 +45,7 @@ _JSON_ALWAYS = {"segmentation"}
 
 def read_document(source: str, options: Mapping[str, str]) -> dict[str, Any]:
     """Load a COCO JSON file (local or s3://)."""
-    loc = Location(source, options if "://" in source else {})
+    loc = user_location(source, options)
     try:
         doc = json.loads(loc.read_bytes())
     except FileNotFoundError:

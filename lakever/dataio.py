@@ -17,7 +17,7 @@ import polars as pl
 
 from lakever.errors import InvalidInputError
 from lakever.refs import Ref
-from lakever.storage import Location
+from lakever.storage import user_location
 from lakever.uploads import Upload, UploadRecords
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class DataIO:
 
         ds = self._self()
         if isinstance(results, (str, os.PathLike)):
-            loc = Location(str(results), ds.root.options if "://" in str(results) else {})
+            loc = user_location(results, ds.root.options)
             try:
                 results = json.loads(loc.read_bytes())
             except FileNotFoundError:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from lakever import coco, yolo
 from lakever.errors import InvalidInputError
-from lakever.storage import Location
+from lakever.storage import user_location
 
 if TYPE_CHECKING:
     from lakever.view import TableReader
@@ -24,16 +23,11 @@ if TYPE_CHECKING:
 FORMATS = ("parquet", "csv", "jsonl")
 
 
-def _location(path: str, options: Mapping[str, str]) -> Location:
-    path = str(path)
-    return Location(path.rstrip("/"), options if "://" in path else {})
-
-
 def export_tables(reader: TableReader, path: str, *, format: str) -> list[str]:
     """Write every table of the version to `path/<table>.<format>`; return the URIs."""
     if format not in FORMATS:
         raise InvalidInputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    loc = _location(path, reader._dataset.root.options)
+    loc = user_location(path, reader._dataset.root.options)
     written = []
     for table in reader.tables:
         rows = reader.read(table)
@@ -67,7 +61,7 @@ def export_coco(reader: TableReader, path: str | None) -> dict[str, Any]:
     """The COCO document of the version, also written to `path` when given."""
     doc = coco.export_document(reader)
     if path is not None:
-        loc = _location(path, reader._dataset.root.options)
+        loc = user_location(path, reader._dataset.root.options)
         loc.put(json.dumps(doc).encode())
     return doc
 

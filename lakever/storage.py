@@ -59,6 +59,16 @@ def resolve_uri(uri: str | os.PathLike[str] | None) -> str:
     return "s3://" + text.split("://", 1)[1].rstrip("/")
 
 
+def user_location(path: str | os.PathLike[str], options: Mapping[str, str]) -> Location:
+    """A file or folder a user names: local paths made absolute, s3:// with the lake's options."""
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        text = urlparse(text).path
+    if "://" not in text:
+        return Location(str(Path(text).expanduser().absolute()).rstrip("/") or "/")
+    return Location(text.rstrip("/"), options)
+
+
 def redact(options: Mapping[str, str]) -> dict[str, str]:
     """Return storage options with every credential replaced by '***', for display."""
     return {k: ("***" if k.upper() in _SECRET_KEYS else v) for k, v in options.items()}

@@ -29,7 +29,7 @@ import yaml
 
 from lakever.errors import InvalidInputError
 from lakever.schema import FRAMES, LABELS
-from lakever.storage import Location
+from lakever.storage import Location, user_location
 
 if TYPE_CHECKING:
     from lakever.view import TableReader
@@ -38,7 +38,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 
 def _root(root: str, options: Mapping[str, str]) -> Location:
-    return Location(root.rstrip("/"), options if "://" in root else {})
+    return user_location(root, options)
 
 
 def read_names(root: str, options: Mapping[str, str]) -> list[str] | None:
