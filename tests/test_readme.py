@@ -49,7 +49,7 @@ def _run_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, Any
         namespace.update({k: v for k, v in env.items() if k == "spark"})
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
-            exec(compile(body, "README.md", "exec"), namespace)  # noqa: S102 - the README's code
+            exec(compile(body, "README.md", "exec"), namespace)
         if expected is not None:
             assert buffer.getvalue() == expected, body
         ran += 1
