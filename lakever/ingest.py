@@ -24,6 +24,7 @@ import contextlib
 import io
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ MODES = ("upsert", "add", "replace_labels")
 OPERATION = "ingest"
 #: $LAKEVER_PROGRESS=0 hides the progress bar, =1 shows it even off a terminal.
 PROGRESS_ENV = "LAKEVER_PROGRESS"
+#: Chunk rows and errors of committed chunks are written at most this often.
+FLUSH_SECONDS = 2.0
 
 
 @dataclass
@@ -120,20 +123,22 @@ def ingest(
         pin=pin,
     )
     if events.is_empty():
-        records.append_event(_event(state, "start", chunk=-1, commit_seq=None, head_seq=head.seq))
+        records.append_events(
+            [_event(state, "start", chunk=-1, commit_seq=None, head_seq=head.seq)]
+        )
     else:
         _resume(ds, records, state, events)
 
     skip = dict(state.counts.received)
-    pending_skipped = _skipper(state)
+    recorder = _Recorder(records)
     with _progress_bar(progress, sum(skip.values())) as advance:
-        for parts in _chunks(sources, chunk_rows, skip, ds.root.options, pending_skipped):
-            _run_chunk(ds, records, state, parts)
+        for parts in _chunks(sources, chunk_rows, skip, ds.root.options, _skipper(state)):
+            _run_chunk(ds, recorder, state, parts)
             advance(sum(p.rows.height for p in parts), _total(state.counts.rejected))
     committed = _total(state.counts.committed)
     rejected = _total(state.counts.rejected)
     status = "done" if not rejected else ("failed" if not committed else "partial")
-    records.append_event(
+    recorder.flush(
         _event(state, "finish", chunk=-1, commit_seq=None, head_seq=ds.head.seq, status=status)
     )
     return records.get(upload_id, dataset=ds.name)
@@ -204,8 +209,8 @@ def _resume(ds: Dataset, records: UploadRecords, state: _State, events: pl.DataF
         saved = pending.read_or_none()
         if saved is not None and not records.has_errors(state.upload_id, chunk, attempt):
             records.append_errors(pl.read_parquet(io.BytesIO(saved)))
-        records.append_event(
-            _event(state, "chunk", chunk=chunk, commit_seq=seq, head_seq=seq, attempt=attempt)
+        records.append_events(
+            [_event(state, "chunk", chunk=chunk, commit_seq=seq, head_seq=seq, attempt=attempt)]
         )
         with contextlib.suppress(OSError):
             pending.remove()
@@ -264,7 +269,45 @@ def _chunks(
         yield current
 
 
-def _run_chunk(ds: Dataset, records: UploadRecords, state: _State, parts: list[_Part]) -> None:
+class _Recorder:
+    """Writes chunk rows and errors to the upload tables in batches, every few seconds.
+
+    A chunk that made a commit can wait: its commit and its saved errors are
+    enough to record it on resume. A chunk that made none is written at once,
+    since nothing else remembers it.
+    """
+
+    def __init__(self, records: UploadRecords) -> None:
+        self._records = records
+        self._events: list[dict[str, Any]] = []
+        self._errors: list[pl.DataFrame] = []
+        self._pending: list[Location] = []
+        self._last = time.monotonic()
+
+    def chunk(self, event: dict[str, Any], errors: pl.DataFrame, pending: Location | None) -> None:
+        self._events.append(event)
+        if not errors.is_empty():
+            self._errors.append(errors)
+        if pending is not None:
+            self._pending.append(pending)
+        if event["commit_seq"] is None or time.monotonic() - self._last >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self, last: dict[str, Any] | None = None) -> None:
+        """Write what waits (errors first: a chunk row is what makes them count)."""
+        if self._errors:
+            self._records.append_errors(pl.concat(self._errors))
+        events = self._events + ([last] if last is not None else [])
+        if events:
+            self._records.append_events(events)
+        for loc in self._pending:
+            with contextlib.suppress(OSError):
+                loc.remove()
+        self._events, self._errors, self._pending = [], [], []
+        self._last = time.monotonic()
+
+
+def _run_chunk(ds: Dataset, recorder: _Recorder, state: _State, parts: list[_Part]) -> None:
     op = _ChunkOp(ds.root, state, parts)
     result = ds._run([op], message=state.message, author=state.author, operation=OPERATION)
     mine = _made_by(result, state)
@@ -272,19 +315,11 @@ def _run_chunk(ds: Dataset, records: UploadRecords, state: _State, parts: list[_
     state.rejected_frames = op.rejected_frames
     for table, frames in op.replaced.items():
         state.replaced.setdefault(table, set()).update(frames)
-    records.append_errors(op.errors)
-    records.append_event(
-        _event(
-            state,
-            "chunk",
-            chunk=state.chunk,
-            commit_seq=result.seq if mine else None,
-            head_seq=result.seq,
-        )
-    )
-    if op.pending is not None:
-        with contextlib.suppress(OSError):
-            op.pending.remove()
+    event = _event(
+        state, "chunk", chunk=state.chunk, commit_seq=result.seq if mine else None,
+        head_seq=result.seq,
+    )  # fmt: skip
+    recorder.chunk(event, op.errors, op.pending)
     state.chunk += 1
 
 

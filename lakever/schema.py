@@ -279,9 +279,10 @@ class _Checker:
         self._index = index
 
     def rows(self, mask: pl.Series, rule: str, column: str, values: pl.Series, detail: str) -> None:
-        idx = mask.fill_null(False).arg_true()
-        if idx.is_empty():
+        mask = mask.fill_null(False)
+        if not mask.any():
             return  # the common case: no Python objects made for a clean batch
+        idx = mask.arg_true()
         keys = [None] * len(idx) if self._keys is None else self._keys.gather(idx).to_list()
         rows = [None] * len(idx) if self._index is None else self._index.gather(idx).to_list()
         for k, v, r in zip(keys, values.gather(idx).to_list(), rows, strict=True):

@@ -186,9 +186,9 @@ class UploadRecords:
 
     # -- writing ----------------------------------------------------------------------
 
-    def append_event(self, row: Mapping[str, Any]) -> None:
-        """Record one event row of an upload."""
-        self._append(self.uploads, pl.DataFrame([dict(row)], schema=UPLOAD_SCHEMA))
+    def append_events(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Record event rows of an upload."""
+        self._append(self.uploads, pl.DataFrame([dict(r) for r in rows], schema=UPLOAD_SCHEMA))
 
     def append_errors(self, rows: pl.DataFrame) -> None:
         """Record rejected rows (already in `ERROR_SCHEMA`)."""

@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 import lakever as lv
+from lakever import ingest as ingest_module
 from lakever import uploads as uploads_module
 from lakever.errors import LakeverError
 from tests.helpers import CLASSES, frames, labels, table_hash, vendor_batch
@@ -252,43 +253,47 @@ def _one_shot(lake: lv.Lake, f: pl.DataFrame, lab: pl.DataFrame) -> tuple[lv.Upl
     return up, {t: table_hash(ref.read(t)) for t in ("frames", "labels")}
 
 
+@pytest.mark.parametrize("flush", [0.0, ingest_module.FLUSH_SECONDS])
 @pytest.mark.parametrize("fail_at", ["errors", "chunk row", "data commit"])
 def test_resume_after_a_failure_half_way(
-    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch, fail_at: str
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch, fail_at: str, flush: float
 ) -> None:
-    """A store error at any step of the 4th chunk; the retry ends as one clean run would."""
+    """A store error while recording (every chunk, or all at the end) or committing.
+
+    The retry with the same upload id ends exactly as one clean run would.
+    """
     ds = _dataset(local_lake)
     f, lab, _ = vendor_batch(30, bad_every=5)
     reference, expected = _one_shot(local_lake, f, lab)
+    monkeypatch.setattr(ingest_module, "FLUSH_SECONDS", flush)
     calls = {"n": 0}
+    fail_on = 4 if fail_at == "data commit" else (3 if flush == 0 else 1)
 
     def failing(real: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             calls["n"] += 1
-            if calls["n"] == 4:
+            if calls["n"] == fail_on:
                 raise lv.StorageError(f"injected failure at {fail_at}")
             return real(*args, **kwargs)
 
         return wrapper
 
+    target = uploads_module.UploadRecords
     if fail_at == "errors":
-        target = uploads_module.UploadRecords
         monkeypatch.setattr(target, "append_errors", failing(target.append_errors))
     elif fail_at == "chunk row":
-        target = uploads_module.UploadRecords
-        real_event = target.append_event
+        real_events = target.append_events
 
-        def only_chunks(self: Any, row: Any) -> None:
-            if row["event"] == "chunk":
-                return failing(real_event)(self, row)
-            return real_event(self, row)
+        def only_chunks(self: Any, rows: Any) -> None:
+            if any(r["event"] == "chunk" for r in rows):
+                return failing(real_events)(self, rows)
+            return real_events(self, rows)
 
-        monkeypatch.setattr(target, "append_event", only_chunks)
+        monkeypatch.setattr(target, "append_events", only_chunks)
     else:
         from lakever.commits import CommitLog
 
         monkeypatch.setattr(CommitLog, "publish", failing(CommitLog.publish))
-        calls["n"] = -ds.head.seq  # count only this upload's publishes
 
     with pytest.raises(lv.StorageError, match="injected"):
         ds.ingest(frames=f, labels=lab, upload_id="u", chunk_rows=10)
