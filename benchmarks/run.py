@@ -2,7 +2,8 @@
 
 python benchmarks/run.py                 # full sizes (10M labels; needs ~10 GiB RAM, ~15 min)
 python benchmarks/run.py --quick         # small sizes, a smoke run
-python benchmarks/run.py --only core   # or --only diff, --only edits (1M and 5M labels)
+python benchmarks/run.py --only core   # or --only diff, --only edits (1M and 5M labels),
+                                       # --only ingest (streaming 1M labels, COCO 1M boxes)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import deltalake
 import polars as pl
 
 import lakever
-from benchmarks import bench_core, bench_diff, bench_edits
+from benchmarks import bench_core, bench_diff, bench_edits, bench_ingest
 from benchmarks._common import save
 
 
@@ -31,13 +32,16 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument(
-        "--only", choices=["core", "diff", "edits"], action="append", help="run only these suites"
+        "--only",
+        choices=["core", "diff", "edits", "ingest"],
+        action="append",
+        help="run only these suites",
     )
     parser.add_argument(
         "--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)"
     )
     args = parser.parse_args()
-    suites = args.only or ["core", "diff", "edits"]
+    suites = args.only or ["core", "diff", "edits", "ingest"]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lakever-bench-"))
     header = (
         f"# lakever benchmarks ({'quick' if args.quick else 'full'})\n\n"
@@ -54,6 +58,12 @@ def main() -> int:
                 sizes=sizes,
                 repeat=10 if args.quick else 20,
                 commits=100 if args.quick else 1000,
+            )
+        elif suite == "ingest":
+            sections = bench_ingest.run(
+                work,
+                n_frames=4_000 if args.quick else 200_000,
+                n_images=5_000 if args.quick else 100_000,
             )
         elif suite == "edits":
             sizes = [100_000] if args.quick else [1_000_000, 5_000_000]
