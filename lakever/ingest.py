@@ -515,6 +515,7 @@ def _progress_bar(show: bool | None, start: int) -> Iterator[Any]:
     if not show:
         yield lambda rows, rejected: None
         return
+    from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -523,6 +524,7 @@ def _progress_bar(show: bool | None, start: int) -> Iterator[Any]:
         TextColumn("{task.fields[rate]} rows/s"),
         TextColumn("{task.fields[rejected]:,} rejected"),
         TimeElapsedColumn(),
+        console=Console(stderr=True),
         transient=False,
     ) as bar:
         task = bar.add_task("upload", total=None, completed=start, rejected=0, rate="-")

@@ -151,6 +151,15 @@ def test_s3_sources(s3_server: Any, s3_bucket: str, tmp_path: Path) -> None:
     )
     assert up.status == "done", up.errors
     assert ds.read("labels").height == lab.height
+    # a COCO file on S3 in, and back out to S3
+    from tests.test_formats import assert_same_coco, coco_document
+
+    doc = coco_document()
+    fs.pipe_file(f"{s3_bucket}/in/coco.json", json.dumps(doc).encode())
+    coco_ds, coco_up = lake.import_coco("coco", f"s3://{s3_bucket}/in/coco.json")
+    assert coco_up.status == "done"
+    coco_ds.export_coco(f"s3://{s3_bucket}/out/coco.json")
+    assert_same_coco(doc, json.loads(fs.cat_file(f"{s3_bucket}/out/coco.json")))
 
 
 def test_in_memory_kinds_and_streams(local_lake: lv.Lake) -> None:
@@ -374,3 +383,18 @@ def test_disk_full_during_errors_save_leaves_nothing_acknowledged(
     monkeypatch.undo()
     up = ds.ingest(frames=f, labels=lab, upload_id="full")
     assert up.status == "partial" and ds.read("frames").height == up.rows_committed["frames"]
+
+
+def test_progress_bar_on_request_and_quiet_by_default(
+    local_lake: lv.Lake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ds = _dataset(local_lake)
+    f, lab, _ = vendor_batch(10)
+    ds.ingest(frames=f, labels=lab, chunk_rows=10)
+    quiet = capsys.readouterr()
+    assert quiet.out == "" and quiet.err == ""  # not a terminal: nothing printed
+    up = ds.ingest(frames=f, labels=lab, chunk_rows=10, progress=True, upload_id="p")
+    shown = capsys.readouterr()
+    assert shown.out == ""
+    assert f"{up.rows_received['frames'] + up.rows_received['labels']:,} rows" in shown.err
+    assert f"{up.rows_rejected['frames'] + up.rows_rejected['labels']:,} rejected" in shown.err
