@@ -299,15 +299,14 @@ class _Checker:
             raise ValidationError(self.table, self.errors)
 
 
-def _no_rows(series: pl.Series) -> pl.Series:
-    return pl.repeat(False, len(series), dtype=pl.Boolean, eager=True)
+def _lossless_cast(series: pl.Series, target: pl.DataType) -> tuple[pl.Series, pl.Series | None]:
+    """Cast a column; return (cast column, mask of rows the cast would change or drop).
 
-
-def _lossless_cast(series: pl.Series, target: pl.DataType) -> tuple[pl.Series, pl.Series]:
-    """Cast a column; return (cast column, mask of rows the cast would change or drop)."""
+    The mask is None when no row can change (the common case, made for free).
+    """
     src = series.dtype
     if src == target:
-        return series, _no_rows(series)
+        return series, None
     if target == UTC_US and src == pl.String:
         out = series.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
         return out, series.is_not_null() & out.is_null()
@@ -324,7 +323,7 @@ def _lossless_cast(series: pl.Series, target: pl.DataType) -> tuple[pl.Series, p
         out = zoned.cast(target)
         return out, series.is_not_null() & (out.cast(zoned.dtype) != zoned).fill_null(True)
     if isinstance(src, pl.Null):
-        return series.cast(target), _no_rows(series)
+        return series.cast(target), None
     if target.is_numeric() and src == pl.Boolean:
         return series, series.is_not_null()  # True is not 1.0
     try:
@@ -504,7 +503,7 @@ class _Preparation:
                     check.batch("type", name, str(series.dtype), why)
                     continue
             out, bad = _lossless_cast(series, target)
-            if bad.any():
+            if bad is not None and bad.any():
                 check.rows(bad, "type", name, series, f"cannot be stored as {target} without loss")
             cast_cols.append(out.alias(name))
         if check.batch_errors:
@@ -514,21 +513,19 @@ class _Preparation:
             return df
         df = staged
 
-        for c in core.values():
-            if c.required and c.name in df.columns:
-                check.rows(df[c.name].is_null(), "null", c.name, df[c.name], "a value is required")
+        rules: list[_Rule] = [
+            ("null", c.name, pl.col(c.name).is_null(), "a value is required")
+            for c in core.values()
+            if c.required and c.name in df.columns
+        ]
         if key in df.columns:
+            rules.append(("key", key, pl.col(key) == "", "keys must be non-empty"))
+        rules += _frame_rules(df) if kind == "frames" else _box_rules(df, self.classes, kind)
+        _apply_rules(df, check, rules)
+        if key in df.columns and _has_duplicates(df[key]):  # a sort: 20x faster than hashing
             keys = df[key]
-            check.rows(keys == "", "key", key, keys, "keys must be non-empty")
-            if _has_duplicates(keys):  # a sort finds out 20x faster than hashing
-                dup = keys.is_duplicated() & keys.is_not_null()
-                detail = "the batch holds this key more than once"
-                check.rows(dup, "duplicate_key", key, keys, detail)
-
-        if kind == "frames":
-            _check_frames(df, check)
-        else:
-            _check_boxes(df, check, self.classes, kind)
+            dup = keys.is_duplicated() & keys.is_not_null()
+            check.rows(dup, "duplicate_key", key, keys, "the batch holds this key more than once")
         staged = self._stage_done(df)
         if staged is None:
             return df
@@ -547,40 +544,55 @@ def _has_duplicates(keys: pl.Series) -> bool:
     return n > 1 and bool((ordered.slice(1) == ordered.slice(0, n - 1)).any())
 
 
-def _check_frames(df: pl.DataFrame, check: _Checker) -> None:
+#: A per-row rule: its name, the column it judges, a mask of the rows that
+#: break it, and what to tell the user.
+_Rule = tuple[str, str, pl.Expr, str]
+
+
+def _apply_rules(df: pl.DataFrame, check: _Checker, rules: list[_Rule]) -> None:
+    """Evaluate every rule in one pass; build errors only for the rules some row breaks."""
+    if not rules or df.is_empty():
+        return
+    masks = df.select(
+        [expr.fill_null(False).alias(f"rule{i}") for i, (_, _, expr, _) in enumerate(rules)]
+    )
+    broken = masks.select(pl.all().any()).row(0)
+    for i, (rule, column, _, detail) in enumerate(rules):
+        if broken[i]:
+            check.rows(masks[f"rule{i}"], rule, column, df[column], detail)
+
+
+def _frame_rules(df: pl.DataFrame) -> list[_Rule]:
+    rules: list[_Rule] = []
     if "media_type" in df.columns:
-        mt = df["media_type"]
-        check.rows(
-            ~mt.is_in(list(MEDIA_TYPES)) & mt.is_not_null(),
-            "media_type",
-            "media_type",
-            mt,
-            f"must be one of {', '.join(MEDIA_TYPES)}",
+        mt = pl.col("media_type")
+        detail = f"must be one of {', '.join(MEDIA_TYPES)}"
+        rules.append(
+            ("media_type", "media_type", ~mt.is_in(MEDIA_TYPES) & mt.is_not_null(), detail)
         )
     for name in ("width", "height"):
         if name in df.columns:
-            col = df[name]
-            check.rows(col <= 0, "size", name, col, "must be a positive number of pixels")
+            rules.append(("size", name, pl.col(name) <= 0, "must be a positive number of pixels"))
+    return rules
 
 
-def _check_boxes(df: pl.DataFrame, check: _Checker, classes: Sequence[str], kind: str) -> None:
+def _box_rules(df: pl.DataFrame, classes: Sequence[str], kind: str) -> list[_Rule]:
+    rules: list[_Rule] = []
     if "cls" in df.columns:
-        cls = df["cls"]
-        check.rows(
-            ~cls.is_in(list(classes)) & cls.is_not_null(),
-            "unknown_class",
-            "cls",
-            cls,
-            "not in the dataset's class map (extend the class map first)",
+        cls = pl.col("cls")
+        detail = "not in the dataset's class map (extend the class map first)"
+        rules.append(
+            ("unknown_class", "cls", ~cls.is_in(list(classes)) & cls.is_not_null(), detail)
         )
     for name in ("x", "y", "w", "h"):
         if name not in df.columns:
             continue
-        col = df[name]
-        check.rows(~col.is_finite(), "box", name, col, "box coordinates must be finite")
+        col = pl.col(name)
+        rules.append(("box", name, ~col.is_finite(), "box coordinates must be finite"))
         if name in ("w", "h"):
-            check.rows(col < 0, "box", name, col, "box sizes must not be negative")
+            rules.append(("box", name, col < 0, "box sizes must not be negative"))
     if kind == "inferences" and "confidence" in df.columns:
-        conf = df["confidence"]
+        conf = pl.col("confidence")
         outside = ~conf.is_finite() | (conf < 0) | (conf > 1)
-        check.rows(outside, "confidence", "confidence", conf, "confidence must lie in [0, 1]")
+        rules.append(("confidence", "confidence", outside, "confidence must lie in [0, 1]"))
+    return rules

@@ -146,6 +146,10 @@ _WRITE_METHODS = (
     "revert",
     "create_snapshot",
     "delete_snapshot",
+    "ingest",
+    "import_coco",
+    "import_coco_results",
+    "import_yolo",
 )
 
 

@@ -398,3 +398,10 @@ def test_progress_bar_on_request_and_quiet_by_default(
     assert shown.out == ""
     assert f"{up.rows_received['frames'] + up.rows_received['labels']:,} rows" in shown.err
     assert f"{up.rows_rejected['frames'] + up.rows_rejected['labels']:,} rejected" in shown.err
+
+
+def test_a_view_refuses_uploads(local_lake: lv.Lake) -> None:
+    ds = _dataset(local_lake)
+    with pytest.raises(lv.ReadOnlyError, match="ingest"):
+        ds.at(0).ingest(frames=frames(range(1)))
+    assert ds.head.seq == 0
