@@ -23,6 +23,7 @@ Export inverts all of it; `pycocotools.coco.COCO` loads the result.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,15 +44,20 @@ _ANN_CORE = {"id", "image_id", "category_id", "bbox"}
 _JSON_ALWAYS = {"segmentation"}
 
 
-def read_document(source: str, options: Mapping[str, str]) -> dict[str, Any]:
-    """Load a COCO JSON file (local or s3://)."""
+def read_json(source: str | os.PathLike[str], options: Mapping[str, str], *, what: str) -> Any:
+    """Load a JSON file (local or s3://); `what` names it in errors."""
     loc = user_location(source, options)
     try:
-        doc = json.loads(loc.read_bytes())
+        return json.loads(loc.read_bytes())
     except FileNotFoundError:
-        raise InvalidInputError(f"no COCO file at {source!r}") from None
+        raise InvalidInputError(f"no {what} at {loc.uri!r}") from None
     except ValueError as exc:
-        raise InvalidInputError(f"{source!r} is not valid JSON: {exc}") from exc
+        raise InvalidInputError(f"{loc.uri!r} is not valid JSON: {exc}") from exc
+
+
+def read_document(source: str, options: Mapping[str, str]) -> dict[str, Any]:
+    """Load a COCO annotation file (local or s3://)."""
+    doc = read_json(source, options, what="COCO file")
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise InvalidInputError(
             f"{source!r} is not a COCO annotation file: it needs 'images', 'annotations' "
@@ -153,16 +159,7 @@ def labels_frame(doc: Mapping[str, Any]) -> tuple[pl.DataFrame, set[str]]:
     anns = doc.get("annotations", [])
     names = {c.get("id"): c["name"] for c in doc.get("categories", [])}
     get = _getter(anns)
-    boxes = [b if isinstance(b, list) and len(b) == 4 else [None] * 4 for b in get("bbox")]
-    cols: dict[str, Any] = {
-        "label_id": _ids(get("id")),
-        "frame_id": _ids(get("image_id")),
-        "cls": [names.get(c, None if c is None else str(c)) for c in get("category_id")],
-        "x": [b[0] for b in boxes],
-        "y": [b[1] for b in boxes],
-        "w": [b[2] for b in boxes],
-        "h": [b[3] for b in boxes],
-    }
+    cols = {"label_id": _ids(get("id")), **_boxes(get, names)}
     extra, as_json = _extra_columns(anns, _ANN_CORE)
     return _frame({**cols, **extra}), as_json
 
@@ -170,19 +167,26 @@ def labels_frame(doc: Mapping[str, Any]) -> tuple[pl.DataFrame, set[str]]:
 def results_frame(results: Sequence[Mapping[str, Any]], ids: Mapping[int, str]) -> pl.DataFrame:
     """Prediction rows of a COCO results (detections) list; label ids are list positions."""
     get = _getter(results)
-    boxes = [b if isinstance(b, list) and len(b) == 4 else [None] * 4 for b in get("bbox")]
-    cols: dict[str, Any] = {
+    cols = {
         "label_id": [str(i) for i in range(len(results))],
-        "frame_id": _ids(get("image_id")),
-        "cls": [ids.get(c, None if c is None else str(c)) for c in get("category_id")],
-        "x": [b[0] for b in boxes],
-        "y": [b[1] for b in boxes],
-        "w": [b[2] for b in boxes],
-        "h": [b[3] for b in boxes],
+        **_boxes(get, ids),
         "confidence": get("score"),
     }
     extra, _ = _extra_columns(results, {"image_id", "category_id", "bbox", "score", "id"})
     return _frame({**cols, **extra})
+
+
+def _boxes(get: Any, names: Mapping[Any, str]) -> dict[str, list[Any]]:
+    """frame_id, cls (an unknown category id as text) and x, y, w, h of annotation-like records."""
+    boxes = [b if isinstance(b, list) and len(b) == 4 else [None] * 4 for b in get("bbox")]
+    return {
+        "frame_id": _ids(get("image_id")),
+        "cls": [names.get(c, None if c is None else str(c)) for c in get("category_id")],
+        "x": [b[0] for b in boxes],
+        "y": [b[1] for b in boxes],
+        "w": [b[2] for b in boxes],
+        "h": [b[3] for b in boxes],
+    }
 
 
 def _getter(records: Sequence[Any]) -> Any:

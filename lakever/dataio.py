@@ -8,7 +8,6 @@ YOLO).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -17,7 +16,6 @@ import polars as pl
 
 from lakever.errors import InvalidInputError
 from lakever.refs import Ref
-from lakever.storage import user_location
 from lakever.uploads import Upload, UploadRecords
 
 if TYPE_CHECKING:
@@ -151,13 +149,7 @@ class DataIO:
 
         ds = self._self()
         if isinstance(results, (str, os.PathLike)):
-            loc = user_location(results, ds.root.options)
-            try:
-                results = json.loads(loc.read_bytes())
-            except FileNotFoundError:
-                raise InvalidInputError(f"no results file at {str(loc.uri)!r}") from None
-            except ValueError as exc:
-                raise InvalidInputError(f"{loc.uri!r} is not valid JSON: {exc}") from exc
+            results = coco.read_json(results, ds.root.options, what="results file")
         if not isinstance(results, list):
             raise InvalidInputError(
                 f"COCO results must be a list of detections, got a {type(results).__name__}"
