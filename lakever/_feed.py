@@ -18,6 +18,7 @@ ourselves costs less than building its query plan.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import urllib.parse
@@ -113,9 +114,14 @@ _STAT_PREFIX = 32
 # -- lookups by key -------------------------------------------------------------------
 
 
-def _range(add: Mapping[str, Any], column: str) -> tuple[str, str] | None:
-    """(min, max) of `column` in a file as strings, the max widened if it may be truncated."""
-    b = _deltalog.bounds(add, column)
+@functools.lru_cache(maxsize=200_000)
+def _range(raw_stats: str | None, column: str) -> tuple[str, str] | None:
+    """(min, max) of `column` as strings, from a file's statistics text.
+
+    The max is widened where it may be truncated. Cached by the statistics
+    text: a file's statistics never change.
+    """
+    b = _deltalog.bounds({"stats": raw_stats}, column)
     if b is None:
         return None
     lo, hi = str(b[0]), str(b[1])
@@ -126,14 +132,24 @@ def _range(add: Mapping[str, Any], column: str) -> tuple[str, str] | None:
 
 def candidate_files(files: _deltalog.TableFiles, column: str, values: pl.Series) -> list[str]:
     """Files whose statistics for `column` can hold one of `values` (sorted, unique strings)."""
-    out = []
-    n = values.len()
+    paths, los, his = [], [], []
     for path, add in files.adds.items():
-        r = _range(add, column)
-        i = 0 if r is None else int(values.search_sorted(r[0], side="left"))
-        if r is None or (i < n and values[i] <= r[1]):
-            out.append(path)
-    return sorted(out)
+        r = _range(add.get("stats"), column)
+        paths.append(path)
+        los.append(None if r is None else r[0])
+        his.append(None if r is None else r[1])
+    n = values.len()
+    if n == 0:
+        return []
+    ranges = pl.DataFrame(
+        {"path": paths, "lo": los, "hi": his},
+        schema={"path": pl.String, "lo": pl.String, "hi": pl.String},
+    )
+    # the first wanted value at or above each file's minimum must not pass its maximum
+    first = values.search_sorted(ranges["lo"].fill_null(""), side="left")
+    hit = values.gather(first.clip(0, n - 1))
+    keep = ranges["lo"].is_null() | ((first < n) & (hit <= ranges["hi"]))
+    return sorted(ranges.filter(keep)["path"].to_list())
 
 
 def lookup(
@@ -191,7 +207,7 @@ def keys_between(
     files = _deltalog.files_at(loc, version)
     paths = []
     for path, add in files.adds.items():
-        r = _range(add, column)
+        r = _range(add.get("stats"), column)
         if r is None or (r[0] <= hi and r[1] >= lo):
             paths.append(path)
     parts = live_rows(loc, files, sorted(paths), table=table, columns=[column]) if paths else []
