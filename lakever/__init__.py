@@ -27,6 +27,8 @@ from lakever.errors import (
     ReadOnlyError,
     RowError,
     RowNotFoundError,
+    SegmentExistsError,
+    SegmentNotFoundError,
     SnapshotExistsError,
     SnapshotNotFoundError,
     SnapshotsExistError,
@@ -36,8 +38,10 @@ from lakever.errors import (
     ValidationError,
     VersionUnavailableError,
 )
+from lakever.evaluation import Evaluation
 from lakever.refs import Ref
 from lakever.repair import RepairReport
+from lakever.segments import Segment
 from lakever.tags import Snapshot
 from lakever.transaction import Transaction
 from lakever.uploads import Upload
@@ -56,6 +60,7 @@ __all__ = [
     "DatasetExistsError",
     "DatasetNotFoundError",
     "Diff",
+    "Evaluation",
     "InvalidInputError",
     "InvalidNameError",
     "InvalidRefError",
@@ -67,6 +72,9 @@ __all__ = [
     "RepairReport",
     "RowError",
     "RowNotFoundError",
+    "Segment",
+    "SegmentExistsError",
+    "SegmentNotFoundError",
     "Snapshot",
     "SnapshotExistsError",
     "SnapshotNotFoundError",

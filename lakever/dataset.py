@@ -40,6 +40,7 @@ from lakever.names import check_snapshot_name
 from lakever.refs import Ref, resolve, snapshot_commit
 from lakever.repair import RepairReport
 from lakever.repair import repair as _repair
+from lakever.review import Review
 from lakever.schema import FRAMES, LABELS, empty_schema, key_column, normalize_classes, table_kind
 from lakever.storage import Location
 from lakever.tags import Snapshot, TagTable
@@ -47,7 +48,7 @@ from lakever.transaction import Transaction, inference_table
 from lakever.view import TableReader, View
 
 
-class Dataset(DataIO, TableReader):
+class Dataset(DataIO, Review, TableReader):
     """A versioned dataset of frames, labels and inference sets.
 
     Reads go to HEAD; each write method is one atomic commit. Use `at` for any

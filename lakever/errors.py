@@ -80,6 +80,14 @@ class RowNotFoundError(LakeverError, LookupError):
     """A write names keys (frame or label ids) that do not exist."""
 
 
+class SegmentNotFoundError(LakeverError, LookupError):
+    """No segment of that name exists in the dataset."""
+
+
+class SegmentExistsError(LakeverError, FileExistsError):
+    """A segment of that name already exists in the dataset."""
+
+
 class UploadNotFoundError(LakeverError, LookupError):
     """No upload with that id was recorded in the dataset."""
 

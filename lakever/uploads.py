@@ -16,20 +16,16 @@ commit itself (see `lakever.ingest`).
 
 from __future__ import annotations
 
-import contextlib
-import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import polars as pl
-from deltalake import DeltaTable
 
-from lakever import _delta, _deltalog
+from lakever import _records
 from lakever.commits import now_utc
-from lakever.errors import ConflictError, InvalidInputError, LakeverError, UploadNotFoundError
+from lakever.errors import InvalidInputError, UploadNotFoundError
 from lakever.storage import Location
 
 STATUSES = ("running", "done", "partial", "failed")
@@ -196,34 +192,12 @@ class UploadRecords:
             self._append(self.errors, rows.select(list(ERROR_SCHEMA)))
 
     def _append(self, loc: Location, rows: pl.DataFrame) -> None:
-        delay = 0.01
-        for _ in range(_MAX_ATTEMPTS):
-            dt = self._table(loc, rows)
-            try:
-                _delta.append(dt, rows, {})
-                _maybe_compact(dt)
-                return
-            except _delta.WriteConflict:
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 1.6, 0.5)
-        raise ConflictError(f"could not append to {loc.uri}: other writers kept changing it")
-
-    def _table(self, loc: Location, rows: pl.DataFrame) -> DeltaTable:
-        dt = _delta.open_latest(loc)
-        if dt is None:
-            with contextlib.suppress(_delta.WriteConflict):  # created concurrently: fine
-                _delta.create_table(loc, rows.clear().to_arrow().schema, {})
-            dt = _delta.open_latest(loc)
-            assert dt is not None
-        return dt
+        _records.append(loc, rows)
 
     # -- reading ----------------------------------------------------------------------
 
     def _read(self, loc: Location, schema: Mapping[str, pl.DataType], name: str) -> pl.DataFrame:
-        version = _deltalog.latest_version(loc)
-        if version is None:
-            return pl.DataFrame(schema=dict(schema))
-        return _delta.collect(loc, version, _delta.scan(loc, version), table=name)
+        return _records.read(loc, schema)
 
     def events(self, upload_id: str | None = None) -> pl.DataFrame:
         """Event rows (of one upload, or all), in the order they were recorded."""
@@ -315,12 +289,6 @@ def _listing_schema() -> pl.DataFrame:
             "finished_at": pl.Datetime("us", "UTC"),
         }
     )
-
-
-def _maybe_compact(dt: DeltaTable) -> None:
-    """Merge the small files of many appends now and then (reads stay one scan)."""
-    with contextlib.suppress(LakeverError):
-        _delta.maybe_compact(dt, {})
 
 
 def event_row(

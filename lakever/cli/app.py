@@ -98,6 +98,7 @@ def exit_code(exc: BaseException) -> int:
         lv.ConflictError,
         lv.DatasetExistsError,
         lv.SnapshotExistsError,
+        lv.SegmentExistsError,
         lv.SnapshotsExistError,
     )
     if isinstance(exc, conflicts):
