@@ -3,7 +3,8 @@
 python benchmarks/run.py                 # full sizes (10M labels; needs ~10 GiB RAM, ~15 min)
 python benchmarks/run.py --quick         # small sizes, a smoke run
 python benchmarks/run.py --only core   # or --only diff, --only edits (1M and 5M labels),
-                                       # --only ingest (streaming 1M labels, COCO 1M boxes)
+                                       # --only ingest (streaming 1M labels, COCO 1M boxes),
+                                       # --only review (evaluation vs pycocotools, segments)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import deltalake
 import polars as pl
 
 import lakever
-from benchmarks import bench_core, bench_diff, bench_edits, bench_ingest
+from benchmarks import bench_core, bench_diff, bench_edits, bench_ingest, bench_review
 from benchmarks._common import save
 
 
@@ -33,7 +34,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument(
         "--only",
-        choices=["core", "diff", "edits", "ingest"],
+        choices=["core", "diff", "edits", "ingest", "review"],
         action="append",
         help="run only these suites",
     )
@@ -41,7 +42,7 @@ def main() -> int:
         "--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)"
     )
     args = parser.parse_args()
-    suites = args.only or ["core", "diff", "edits", "ingest"]
+    suites = args.only or ["core", "diff", "edits", "ingest", "review"]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lakever-bench-"))
     header = (
         f"# lakever benchmarks ({'quick' if args.quick else 'full'})\n\n"
@@ -64,6 +65,14 @@ def main() -> int:
                 work,
                 n_frames=4_000 if args.quick else 200_000,
                 n_images=5_000 if args.quick else 100_000,
+            )
+        elif suite == "review":
+            sections = bench_review.run(
+                work,
+                sizes=[500, 2_000] if args.quick else [10_000, 100_000],
+                n_labels=50_000 if args.quick else 5_000_000,
+                elements=1_000 if args.quick else 10_000,
+                commits=10 if args.quick else 100,
             )
         elif suite == "edits":
             sizes = [100_000] if args.quick else [1_000_000, 5_000_000]
