@@ -54,20 +54,27 @@ def iou(
     return np.where((w > 0) & (h > 0), out, 0.0)
 
 
-def match(
-    gt: pl.DataFrame,
-    dt: pl.DataFrame,
-    *,
-    threshold: float = 0.5,
-    max_det: int = 100,
-) -> Matched:
-    """Match detections to ground truth within groups.
+@dataclass(frozen=True)
+class Pairs:
+    """Every (kept detection, box) pair of each group, with its IoU.
+
+    Attributes:
+        pairs: dt, gt, group, rank (of the detection in its group), pos (of
+            the box, crowds last), ignore, iou; sorted by group, rank, gt.
+        kept: indices of the detections among each group's best `max_det`.
+    """
+
+    pairs: pl.DataFrame
+    kept: np.ndarray
+
+
+def pairs(gt: pl.DataFrame, dt: pl.DataFrame, *, max_det: int = 100) -> Pairs:
+    """All detection-box pairs within groups, with pycocotools' IoU.
 
     Args:
         gt: columns group, x, y, w, h, ignore (bool); row order is COCO's
             annotation order.
         dt: columns group, x, y, w, h, score; row order is the results order.
-        threshold: the IoU a match needs.
         max_det: detections kept per group, best first.
     """
     # a box's place in its group once crowds go last (stable): its index, crowds shifted
@@ -96,12 +103,33 @@ def match(
         pairs[c].to_numpy() for c in ("x", "y", "w", "h", "gx", "gy", "gw", "gh")
     )
     values = iou(dx, dy, dw, dh, gx, gy, gw, gh, pairs["ignore"].to_numpy())
-    pairs = pairs.select("dt", "gt", "rank", "pos", "ignore").with_columns(iou=values)
-    pairs = pairs.filter(pl.col("iou") >= min(threshold, 1 - 1e-10)).sort("rank")
-    dt_match, dt_iou, dt_ign = _greedy(pairs, n_gt=gt.height, n_dt=dt.height)
+    out = pairs.select("dt", "gt", "group", "rank", "pos", "ignore").with_columns(iou=values)
+    return Pairs(out.sort("group", "rank", "gt"), kept["dt"].to_numpy())
+
+
+def match(
+    gt: pl.DataFrame,
+    dt: pl.DataFrame,
+    *,
+    threshold: float = 0.5,
+    max_det: int = 100,
+    paired: Pairs | None = None,
+) -> Matched:
+    """Match detections to ground truth within groups.
+
+    Args:
+        gt: as for `pairs`.
+        dt: as for `pairs`.
+        threshold: the IoU a match needs.
+        max_det: detections kept per group, best first.
+        paired: `pairs(gt, dt, max_det=max_det)`, when already computed.
+    """
+    paired = paired or pairs(gt, dt, max_det=max_det)
+    candidates = paired.pairs.filter(pl.col("iou") >= min(threshold, 1 - 1e-10)).sort("rank")
+    dt_match, dt_iou, dt_ign = _greedy(candidates, n_gt=gt.height, n_dt=dt.height)
 
     in_play = np.zeros(dt.height, dtype=bool)
-    in_play[kept["dt"].to_numpy()] = True
+    in_play[paired.kept] = True
     matched = dt_match >= 0
     outcome = np.where(~in_play | (matched & dt_ign), "ignored", np.where(matched, "tp", "fp"))
     dt_rows = pl.DataFrame(
@@ -156,3 +184,27 @@ def _greedy(pairs: pl.DataFrame, *, n_gt: int, n_dt: int) -> tuple[np.ndarray, .
         dt_ign[d[first]] = ign[first]
         taken[g[first]] = True
     return dt_match, dt_iou, dt_ign
+
+
+def iou_blocks(paired: Pairs, keys: pl.DataFrame) -> dict[tuple[int, int], np.ndarray]:
+    """Each group's IoU matrix (detections by rank x boxes in order), keyed as COCOeval keys.
+
+    Args:
+        paired: from `pairs`.
+        keys: group -> image_id, category_id (one row per group).
+    """
+    p = paired.pairs
+    if p.is_empty():
+        return {}
+    sizes = (
+        p.group_by("group", maintain_order=True)
+        .agg(n=pl.len(), n_dt=pl.col("rank").n_unique())
+        .join(keys, on="group", how="left")
+    )
+    values = p["iou"].to_numpy()
+    out: dict[tuple[int, int], np.ndarray] = {}
+    start = 0
+    for n, n_dt, img, cat in sizes.select("n", "n_dt", "image_id", "category_id").iter_rows():
+        out[(img, cat)] = values[start : start + n].reshape(n_dt, n // n_dt)
+        start += n
+    return out

@@ -38,13 +38,14 @@ def pycoco(gt: dict[str, Any], dets: list[dict[str, Any]], **params: Any) -> COC
     return e
 
 
-def per_class_ap(e: COCOeval) -> list[float]:
+def per_class_ap(e: COCOeval) -> dict[str, float]:
     """pycocotools' precision averaged per category as `summarize` averages (area all, 100)."""
     p = e.eval["precision"]
-    out = []
-    for k in range(p.shape[2]):
+    names = {c["id"]: c["name"] for c in e.cocoGt.dataset["categories"]}
+    out = {}
+    for k, cat in enumerate(e.params.catIds):
         s = p[:, :, k, 0, -1]
-        out.append(float(np.mean(s[s > -1])) if (s > -1).any() else -1.0)
+        out[names[cat]] = float(np.mean(s[s > -1])) if (s > -1).any() else -1.0
     return out
 
 
@@ -59,7 +60,10 @@ def _evaluated(tmp: Path, gt: dict[str, Any], dets: list[dict[str, Any]]) -> lv.
 def assert_same_as_pycocotools(ev: lv.Evaluation, e: COCOeval) -> None:
     ours = np.array([ev.summary[k] for k in SUMMARY_KEYS])
     assert np.max(np.abs(ours - np.array(e.stats))) <= 1e-9, (ours, e.stats)
-    assert np.max(np.abs(np.array(per_class_ap(e)) - ev.per_class["AP"].to_numpy())) <= 1e-9
+    ours_per_class = dict(zip(ev.per_class["cls"], ev.per_class["AP"], strict=True))
+    theirs = per_class_ap(e)
+    assert set(ours_per_class) == set(theirs)
+    assert all(abs(ours_per_class[c] - theirs[c]) <= 1e-9 for c in theirs), (ours_per_class, theirs)
 
 
 @st.composite
@@ -232,3 +236,47 @@ def test_custom_parameters_equal_pycocotools(tmp_path: Path) -> None:
     assert ev.summary["AP"] == pytest.approx(float(np.mean(p[p > -1])), abs=1e-12)
     assert np.max(np.abs(ours[1:] - np.array(e.stats[1:]))) <= 1e-9
     assert ev.params["max_dets"] == [1, 2, 3]
+
+
+def test_categories_in_batches_give_the_same_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluating a few categories at a time (bounded memory) changes nothing."""
+    from lakever import evaluation
+
+    rng = np.random.default_rng(2)
+    cats = [{"id": c, "name": f"c{c}"} for c in (7, 3, 12, 5)]  # class order != id order
+    images = [{"id": i, "width": 300, "height": 300, "file_name": f"{i}"} for i in range(1, 30)]
+    anns, dets = [], []
+    for k in range(300):
+        box = [float(v) for v in rng.integers(0, 200, 2)] + [
+            float(v) for v in rng.integers(5, 80, 2)
+        ]
+        cat = int(rng.choice([7, 3, 12, 5]))
+        img = int(rng.integers(1, 30))
+        anns.append(
+            {
+                "id": k + 1,
+                "image_id": img,
+                "category_id": cat,
+                "bbox": box,
+                "area": box[2] * box[3],
+                "iscrowd": int(k % 37 == 0),
+            }
+        )
+        if k % 3:
+            dets.append(
+                {
+                    "image_id": img,
+                    "category_id": cat if k % 5 else 3,
+                    "bbox": [box[0] + 2, box[1], box[2], box[3]],
+                    "score": float(rng.random()),
+                }
+            )
+    gt = {"images": images, "categories": cats, "annotations": anns}
+    whole = _evaluated(tmp_path / "whole", gt, dets)
+    monkeypatch.setattr(evaluation, "BATCH_BOXES", 50)
+    ev = _evaluated(tmp_path / "batched", gt, dets)
+    assert_same_as_pycocotools(ev, pycoco(gt, dets))
+    assert ev.matches.equals(whole.matches)
+    assert ev.confusion.equals(whole.confusion)
