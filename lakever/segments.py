@@ -163,12 +163,7 @@ class Segment:
                     f"{len(missing)} key(s) of {table!r} not found at commit {commit.seq}: "
                     f"{', '.join(map(repr, missing[:20]))}; nothing was added"
                 )
-            rows += [
-                {"segment_id": self.id, "table": table, "key": k, "op": "add",
-                 "commit_seq": commit.seq, "table_version": version, "at": when,
-                 "author": author or ds.info.creator}
-                for k in keys
-            ]  # fmt: skip
+            rows += self._rows(table, keys, "add", commit.seq, version, when, author)
         self._write(rows)
         return len(rows)
 
@@ -192,14 +187,25 @@ class Segment:
                     f"{len(missing)} key(s) of {table!r} are not in segment {self.name!r}: "
                     f"{', '.join(map(repr, missing[:20]))}; nothing was removed"
                 )
-            rows += [
-                {"segment_id": self.id, "table": table, "key": k, "op": "remove",
-                 "commit_seq": None, "table_version": None, "at": when,
-                 "author": author or self._ds.info.creator}
-                for k in keys
-            ]  # fmt: skip
+            rows += self._rows(table, keys, "remove", None, None, when, author)
         self._write(rows)
         return len(rows)
+
+    def _rows(
+        self,
+        table: str,
+        keys: list[str],
+        op: str,
+        seq: int | None,
+        version: int | None,
+        when: datetime,
+        author: str | None,
+    ) -> list[dict[str, Any]]:
+        return [
+            {"segment_id": self.id, "table": table, "key": k, "op": op, "commit_seq": seq,
+             "table_version": version, "at": when, "author": author or self._ds.info.creator}
+            for k in keys
+        ]  # fmt: skip
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         if rows:
