@@ -35,7 +35,7 @@ import polars as pl
 from lakever._sources import batches
 from lakever._staging import Stage
 from lakever.commits import Commit, now_utc
-from lakever.errors import InvalidInputError, RowError, ValidationError
+from lakever.errors import ConflictError, InvalidInputError, RowError, ValidationError
 from lakever.info import default_author
 from lakever.schema import FRAMES, LABELS, key_column, screen_rows, table_kind
 from lakever.storage import Location
@@ -77,6 +77,7 @@ class _State:
     rejected_frames: set[str] = field(default_factory=set)
     replaced: dict[str, set[str]] = field(default_factory=dict)  # table -> frames done
     pin: int | None = None  # the seq inference sets are pinned to, when given
+    seen: int = -1  # commits up to this seq hold no chunk of another run of this upload
 
 
 def ingest(
@@ -128,6 +129,7 @@ def ingest(
         )
     else:
         _resume(ds, records, state, events)
+    state.seen = ds.head.seq
 
     skip = dict(state.counts.received)
     recorder = _Recorder(records)
@@ -308,9 +310,10 @@ class _Recorder:
 
 
 def _run_chunk(ds: Dataset, recorder: _Recorder, state: _State, parts: list[_Part]) -> None:
-    op = _ChunkOp(ds.root, state, parts)
+    op = _ChunkOp(ds.root, state, parts, ds._log.get)
     result = ds._run([op], message=state.message, author=state.author, operation=OPERATION)
     mine = _made_by(result, state)
+    state.seen = result.seq
     state.counts = op.counts
     state.rejected_frames = op.rejected_frames
     for table, frames in op.replaced.items():
@@ -335,7 +338,8 @@ class _ChunkOp:
     outcome (rows written, errors, counts) is that of the replay that published.
     """
 
-    def __init__(self, root: Location, state: _State, parts: list[_Part]) -> None:
+    def __init__(self, root: Location, state: _State, parts: list[_Part], commit_at: Any) -> None:
+        self._commit_at = commit_at
         self._root = root
         self._state = state
         self._parts = parts
@@ -347,6 +351,7 @@ class _ChunkOp:
 
     def __call__(self, st: Stage) -> None:
         state = self._state
+        self._no_other_run(st.head.seq)
         self.counts = Counts.from_rows(state.counts.to_rows())
         self.rejected_frames = set(state.rejected_frames)
         self.replaced = {}
@@ -379,6 +384,19 @@ class _ChunkOp:
                 "errors": self.errors.height,
             }
         }
+
+    def _no_other_run(self, head: int) -> None:
+        """Refuse to go on if another process commits chunks of this very upload."""
+        state = self._state
+        for seq in range(state.seen + 1, head + 1):
+            meta = self._commit_at(seq).meta.get("upload") or {}
+            if meta.get("id") == state.upload_id and meta.get("attempt") != state.attempt:
+                raise ConflictError(
+                    f"upload {state.upload_id!r} is being run by another process at the same "
+                    f"time (commit {seq} is its chunk {meta.get('chunk')}); this run stopped "
+                    "without writing its chunk. Run it again once the other has finished: "
+                    "it resumes where that one stopped"
+                )
 
     def _part(self, st: Stage, part: _Part) -> tuple[list[RowError], int]:
         """Write the good rows of one part; return the errors and how many rows were written."""

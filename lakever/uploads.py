@@ -212,6 +212,7 @@ class UploadRecords:
         rows = self._read(self.errors, ERROR_SCHEMA, "upload_errors")
         rows = rows.filter(pl.col("upload_id") == upload_id)
         rows = rows.join(valid.select("chunk", "attempt"), on=["chunk", "attempt"], how="semi")
+        rows = rows.unique(maintain_order=True)  # a chunk healed by two runs is recorded twice
         return rows.sort("table", "row").select(ERROR_COLUMNS)
 
     def has_errors(self, upload_id: str, chunk: int, attempt: str) -> bool:
@@ -232,7 +233,13 @@ class UploadRecords:
                 f"no upload {upload_id!r} in dataset {dataset!r}; `lakever uploads {dataset}` "
                 "lists them"
             )
-        valid = rows.filter(pl.col("event") == "chunk")
+        # one attempt per chunk counts: the one that committed it, else the first recorded
+        # (two runs of one id at once may both have processed a chunk that made no commit)
+        valid = (
+            rows.filter(pl.col("event") == "chunk")
+            .sort(pl.col("commit_seq").is_null(), maintain_order=True)
+            .unique("chunk", keep="first", maintain_order=True)
+        )
         return Upload(rows, lambda: self.error_rows(upload_id, valid))
 
     def listing(self, *, status: str | None = None, limit: int | None = None) -> pl.DataFrame:

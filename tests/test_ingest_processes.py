@@ -92,3 +92,27 @@ def test_two_uploads_at_once_both_complete(lake: lv.Lake, lake_uri: tuple) -> No
     )
     assert ds.uploads()["status"].to_list() == ["partial", "partial"]
     assert pl.read_delta(f"{ds.root.uri}/uploads", storage_options=options or None).height > 0
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_upload_id_never_commit_a_chunk_twice(local_lake: lv.Lake) -> None:
+    ds = local_lake.create_dataset("shared", classes=CLASSES)
+    reference = local_lake.create_dataset("reference", classes=CLASSES)
+    f, lab, _ = vendor_batch(120, prefix="u")
+    want = reference.ingest(frames=f, labels=lab, chunk_rows=20)
+    procs = [spawn("ingest", local_lake.uri, "shared", "u", 120, {}) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    finished = ["DONE" in out for out, _ in outs]
+    for (_, err), done in zip(outs, finished, strict=True):
+        assert done or "being run by another process" in err, err[-2000:]
+    if not all(finished):  # the one that stopped: run it again, it completes
+        again = spawn("ingest", local_lake.uri, "shared", "u", 120, {})
+        out, err = again.communicate(timeout=600)
+        assert "DONE" in out, err[-2000:]
+    chunks = _upload_commits(ds, "u")
+    assert chunks == sorted(set(chunks))  # no chunk committed twice
+    up = ds.upload("u")
+    assert up.rows_committed == want.rows_committed
+    for t in ("frames", "labels"):
+        assert table_hash(ds.read(t)) == table_hash(reference.read(t))
+    assert up.errors.equals(want.errors)
