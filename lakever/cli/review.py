@@ -227,40 +227,34 @@ def segment_show(
         )  # fmt: skip
 
 
-@segment_app.command("add")
-@_guard
-def segment_add(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    name: Annotated[str, typer.Argument(help="Segment name.")],
-    uri: Uri = None,
-    json_out: Json = False,
-    verbose: Verbose = False,
-    frame_ids: Ids = None,
-    label_ids: Ids = None,
-    predictions: Preds = None,
-) -> None:
-    """Add elements, frozen at HEAD (adding one again refreshes it)."""
-    seg = lv.connect(uri).dataset(dataset).segment(name)
-    n = seg.add(**_members(frame_ids, label_ids, predictions))
-    _say_segment(seg, json_out, f"added {n} element(s) to {seg.name!r}")
+def _membership(verb: str, help_text: str, done: str) -> None:
+    """Register `segment add` or `segment remove` (the same options, the other method)."""
+
+    def command(
+        dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+        name: Annotated[str, typer.Argument(help="Segment name.")],
+        uri: Uri = None,
+        json_out: Json = False,
+        verbose: Verbose = False,
+        frame_ids: Ids = None,
+        label_ids: Ids = None,
+        predictions: Preds = None,
+    ) -> None:
+        seg = lv.connect(uri).dataset(dataset).segment(name)
+        n = getattr(seg, verb)(**_members(frame_ids, label_ids, predictions))
+        _say_segment(seg, json_out, done.format(n=n, name=seg.name))
+
+    command.__doc__ = help_text
+    command.__name__ = f"segment_{verb}"
+    segment_app.command(verb)(_guard(command))
 
 
-@segment_app.command("remove")
-@_guard
-def segment_remove(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    name: Annotated[str, typer.Argument(help="Segment name.")],
-    uri: Uri = None,
-    json_out: Json = False,
-    verbose: Verbose = False,
-    frame_ids: Ids = None,
-    label_ids: Ids = None,
-    predictions: Preds = None,
-) -> None:
-    """Take elements out of a segment."""
-    seg = lv.connect(uri).dataset(dataset).segment(name)
-    n = seg.remove(**_members(frame_ids, label_ids, predictions))
-    _say_segment(seg, json_out, f"removed {n} element(s) from {seg.name!r}")
+_membership(
+    "add",
+    "Add elements, frozen at HEAD (adding one again refreshes it).",
+    "added {n} element(s) to {name!r}",
+)
+_membership("remove", "Take elements out of a segment.", "removed {n} element(s) from {name!r}")
 
 
 @segment_app.command("state")
