@@ -32,7 +32,6 @@ from lakever.errors import (
     DatasetNotFoundError,
     InvalidInputError,
     SnapshotNotFoundError,
-    TableNotFoundError,
 )
 from lakever.history import history as _history
 from lakever.info import DatasetInfo, default_author
@@ -44,7 +43,7 @@ from lakever.review import Review
 from lakever.schema import FRAMES, LABELS, empty_schema, key_column, normalize_classes, table_kind
 from lakever.storage import Location
 from lakever.tags import Snapshot, TagTable
-from lakever.transaction import Transaction, inference_table
+from lakever.transaction import Transaction
 from lakever.view import TableReader, View
 
 
@@ -366,12 +365,7 @@ class Dataset(DataIO, Review, TableReader):
         self, set_name: str, *, message: str | None = None, author: str | None = None
     ) -> Commit:
         """Remove a whole inference set from HEAD (older versions keep it)."""
-        table = inference_table(set_name)
-        if table not in self.head.table_versions:
-            raise TableNotFoundError(
-                f"dataset {self.name!r} has no inference set {set_name!r}; "
-                f"it has: {', '.join(self.inference_sets) or 'none'}"
-            )
+        table = self._inference_set(set_name)
 
         def op(st: Stage) -> None:
             st.restore_table(table, None)

@@ -34,7 +34,7 @@ import polars as pl
 
 from lakever import _matching, _records, coco
 from lakever.commits import Commit, now_utc
-from lakever.errors import InvalidInputError, TableNotFoundError
+from lakever.errors import InvalidInputError
 from lakever.schema import FRAMES, LABELS
 
 if TYPE_CHECKING:
@@ -154,15 +154,8 @@ def evaluate(
     author: str,
 ) -> Evaluation:
     """Evaluate and record; see `Dataset.evaluate`."""
-    from lakever.transaction import inference_table
-
-    table = inference_table(set_name)
     head = ds.head
-    if table not in head.table_versions:
-        raise TableNotFoundError(
-            f"dataset {ds.name!r} has no inference set {set_name!r}; it has: "
-            f"{', '.join(ds.inference_sets) or 'none'}"
-        )
+    table = ds.at(head)._inference_set(set_name)
     if against is None:
         if set_name not in head.pins:
             raise InvalidInputError(

@@ -13,7 +13,7 @@ import polars as pl
 
 from lakever import evaluation, segments
 from lakever.commits import Commit
-from lakever.errors import InvalidInputError, TableNotFoundError
+from lakever.errors import InvalidInputError
 from lakever.evaluation import Evaluation
 from lakever.info import default_author
 from lakever.refs import Ref
@@ -93,15 +93,8 @@ class Review:
         self, set_name: str, ref: Ref, *, message: str | None = None, author: str | None = None
     ) -> Commit:
         """Pin an inference set to another version, as a recorded commit."""
-        from lakever.transaction import inference_table
-
         ds = self._ds()
-        table = inference_table(set_name)
-        if table not in ds.head.table_versions:
-            raise TableNotFoundError(
-                f"dataset {ds.name!r} has no inference set {set_name!r}; it has: "
-                f"{', '.join(ds.inference_sets) or 'none'}"
-            )
+        ds._inference_set(set_name)
         seq = ds.resolve(ref).seq
 
         def op(st: Stage) -> None:

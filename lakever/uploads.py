@@ -184,24 +184,18 @@ class UploadRecords:
 
     def append_events(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Record event rows of an upload."""
-        self._append(self.uploads, pl.DataFrame([dict(r) for r in rows], schema=UPLOAD_SCHEMA))
+        _records.append(self.uploads, pl.DataFrame([dict(r) for r in rows], schema=UPLOAD_SCHEMA))
 
     def append_errors(self, rows: pl.DataFrame) -> None:
         """Record rejected rows (already in `ERROR_SCHEMA`)."""
         if not rows.is_empty():
-            self._append(self.errors, rows.select(list(ERROR_SCHEMA)))
-
-    def _append(self, loc: Location, rows: pl.DataFrame) -> None:
-        _records.append(loc, rows)
+            _records.append(self.errors, rows.select(list(ERROR_SCHEMA)))
 
     # -- reading ----------------------------------------------------------------------
 
-    def _read(self, loc: Location, schema: Mapping[str, pl.DataType], name: str) -> pl.DataFrame:
-        return _records.read(loc, schema)
-
     def events(self, upload_id: str | None = None) -> pl.DataFrame:
         """Event rows (of one upload, or all), in the order they were recorded."""
-        rows = self._read(self.uploads, UPLOAD_SCHEMA, "uploads")
+        rows = _records.read(self.uploads, UPLOAD_SCHEMA)
         if upload_id is not None:
             rows = rows.filter(pl.col("upload_id") == upload_id)
         rank = pl.col("event").replace_strict({"start": 0, "chunk": 1}, default=2)
@@ -209,7 +203,7 @@ class UploadRecords:
 
     def error_rows(self, upload_id: str, valid: pl.DataFrame) -> pl.DataFrame:
         """The errors of an upload's recorded chunks (`valid`: its chunk, attempt pairs)."""
-        rows = self._read(self.errors, ERROR_SCHEMA, "upload_errors")
+        rows = _records.read(self.errors, ERROR_SCHEMA)
         rows = rows.filter(pl.col("upload_id") == upload_id)
         rows = rows.join(valid.select("chunk", "attempt"), on=["chunk", "attempt"], how="semi")
         rows = rows.unique(maintain_order=True)  # a chunk healed by two runs is recorded twice
@@ -217,7 +211,7 @@ class UploadRecords:
 
     def has_errors(self, upload_id: str, chunk: int, attempt: str) -> bool:
         """Whether error rows of this chunk attempt were recorded."""
-        rows = self._read(self.errors, ERROR_SCHEMA, "upload_errors")
+        rows = _records.read(self.errors, ERROR_SCHEMA)
         hit = rows.filter(
             (pl.col("upload_id") == upload_id)
             & (pl.col("chunk") == chunk)

@@ -15,6 +15,7 @@ import pyarrow as pa
 from lakever import _delta
 from lakever.commits import Commit
 from lakever.errors import ReadOnlyError, TableNotFoundError
+from lakever.names import check_dataset_name
 from lakever.schema import INFERENCES_PREFIX, table_kind
 
 if TYPE_CHECKING:
@@ -113,6 +114,16 @@ class TableReader:
     def tables(self) -> list[str]:
         """Tables present at this commit."""
         return self._reading_commit().tables
+
+    def _inference_set(self, set_name: str) -> str:
+        """The table of an inference set present at this commit (TableNotFoundError if none)."""
+        table = INFERENCES_PREFIX + check_dataset_name(set_name, what="inference set")
+        if table not in self._reading_commit().table_versions:
+            raise TableNotFoundError(
+                f"dataset {self._dataset.name!r} has no inference set {set_name!r}; "
+                f"it has: {', '.join(self.inference_sets) or 'none'}"
+            )
+        return table
 
     @property
     def inference_sets(self) -> list[str]:

@@ -28,7 +28,7 @@ import polars as pl
 import yaml
 
 from lakever.errors import InvalidInputError
-from lakever.schema import FRAMES, LABELS
+from lakever.schema import FRAMES, LABELS, TableKind, core_columns
 from lakever.storage import Location, user_location
 
 if TYPE_CHECKING:
@@ -116,29 +116,14 @@ def read_dataset(
         for i, line in enumerate(lines):
             if line.strip():
                 rows.append(_label(frame_id, i, line, classes, width, height))
-    frames_df = pl.DataFrame(
-        frames,
-        schema={
-            "frame_id": pl.String,
-            "uri": pl.String,
-            "media_type": pl.String,
-            "width": pl.Int64,
-            "height": pl.Int64,
-        },
+    return pl.DataFrame(frames, schema=_required("frames")), pl.DataFrame(
+        rows, schema=_required("labels")
     )
-    labels_df = pl.DataFrame(
-        rows,
-        schema={
-            "label_id": pl.String,
-            "frame_id": pl.String,
-            "cls": pl.String,
-            "x": pl.Float64,
-            "y": pl.Float64,
-            "w": pl.Float64,
-            "h": pl.Float64,
-        },
-    )
-    return frames_df, labels_df
+
+
+def _required(kind: TableKind) -> dict[str, pl.DataType]:
+    """The required core columns of a table: what a YOLO folder fills."""
+    return {c.name: c.dtype for c in core_columns(kind) if c.required}
 
 
 def _label(

@@ -118,3 +118,23 @@ def test_segment_from_evaluation(tmp_path: Path) -> None:
     ds.upsert_labels(fixed)
     out = seg.outdated()
     assert out.select("key", "change", "changed").rows() == [("2", "modified", ["cls"])]
+
+
+def test_racing_creators_of_one_name_have_one_winner(local_lake: lv.Lake) -> None:
+    """The name check and the append are one exact-version write: two racers, one segment."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = _dataset(local_lake)
+    handles = [local_lake.dataset("s") for _ in range(4)]
+
+    def create(i: int) -> str:
+        try:
+            handles[i].create_segment("race", label_ids=[f"f0000{i % 3}-l0"])
+        except lv.SegmentExistsError:
+            return "lost"
+        return "won"
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(create, range(4)))
+    assert outcomes.count("won") == 1, outcomes
+    assert ds.segments().filter(pl.col("name") == "race").height == 1
