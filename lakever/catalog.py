@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -29,6 +29,7 @@ from lakever.errors import (
     LakeNotFoundError,
     SnapshotsExistError,
 )
+from lakever.gc import DEFAULT_KEEP_WITHIN, check_keep_within
 from lakever.info import DatasetInfo, default_author
 from lakever.names import check_dataset_name
 from lakever.schema import normalize_classes
@@ -39,6 +40,14 @@ log = logging.getLogger("lakever")
 
 DATASETS_DIR = "datasets"
 
+_GC_SCHEMA: dict[str, pl.DataType] = {
+    "dataset": pl.String(),
+    "roots": pl.Int64(),
+    "unreadable": pl.Int64(),
+    "files": pl.Int64(),
+    "bytes": pl.Int64(),
+    "applied": pl.Boolean(),
+}
 _LISTING_SCHEMA: dict[str, pl.DataType] = {
     "name": pl.String(),
     "project": pl.String(),
@@ -334,6 +343,37 @@ class Lake:
                 }
             )
         return pl.DataFrame(rows, schema=_LISTING_SCHEMA)
+
+    def gc(
+        self,
+        *,
+        keep_within: timedelta = DEFAULT_KEEP_WITHIN,
+        apply: bool = False,
+        author: str | None = None,
+    ) -> pl.DataFrame:
+        """Garbage-collect every dataset (`Dataset.gc`); one row per dataset.
+
+        Columns: dataset, roots, unreadable (commits that stop being readable),
+        files, bytes, applied.
+        """
+        check_keep_within(keep_within)
+        self._require_lake()
+        rows = []
+        for entry in self._entries():
+            if entry.dataset is None:
+                continue
+            report = entry.dataset.gc(keep_within=keep_within, apply=apply, author=author)
+            rows.append(
+                {
+                    "dataset": report.dataset,
+                    "roots": report.roots.height,
+                    "unreadable": len(report.unreadable),
+                    "files": report.files.height,
+                    "bytes": report.bytes,
+                    "applied": report.applied,
+                }
+            )
+        return pl.DataFrame(rows, schema=_GC_SCHEMA)
 
     def invalid_entries(self) -> pl.DataFrame:
         """Entries of `datasets/` that are not (or no longer, or not yet) datasets, and why."""

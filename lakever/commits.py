@@ -71,6 +71,8 @@ class Commit:
             for datasets made before lakever recorded it).
         meta: what made the commit, for lakever's own bookkeeping (an upload
             records its id and progress here, atomically with the rows).
+        pruned_by: the seq of the garbage collection commit that made this
+            commit unreadable (filled in by `Dataset.log`; not stored).
     """
 
     id: str
@@ -86,6 +88,7 @@ class Commit:
     pins: Mapping[str, int] = field(default_factory=dict)
     dataset_id: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    pruned_by: int | None = field(default=None, compare=False)
 
     def child(
         self,

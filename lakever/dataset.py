@@ -24,6 +24,7 @@ import polars as pl
 from lakever import _changes, _delta
 from lakever._claims import META_SEQ
 from lakever._protocol import DELETE_OPERATION, CommitRunner, Operation
+from lakever._pruned import PrunedIndex, pruned_error
 from lakever._staging import Stage
 from lakever.commits import ChangeCounts, Commit, CommitLog, now_utc
 from lakever.dataio import DataIO
@@ -35,6 +36,7 @@ from lakever.errors import (
 )
 from lakever.history import history as _history
 from lakever.info import DatasetInfo, default_author
+from lakever.lifecycle import Lifecycle
 from lakever.names import check_snapshot_name
 from lakever.refs import Ref, resolve, snapshot_commit
 from lakever.repair import RepairReport
@@ -47,7 +49,7 @@ from lakever.transaction import Transaction
 from lakever.view import TableReader, View
 
 
-class Dataset(DataIO, Review, TableReader):
+class Dataset(DataIO, Review, Lifecycle, TableReader):
     """A versioned dataset of frames, labels and inference sets.
 
     Reads go to HEAD; each write method is one atomic commit. Use `at` for any
@@ -59,6 +61,7 @@ class Dataset(DataIO, Review, TableReader):
         self.root = dataclasses.replace(root, scope=info.identity)
         self.info = info
         self._log = CommitLog(self.root, dataset_id=info.id, name=info.name)
+        self._pruned = PrunedIndex(self.root, self._log, name=info.name)
         self._tags = TagTable(self.root.child("snapshots"))
         self._runner = CommitRunner(
             self._log, self.table_location, lambda: self.head, self._confirm, edits=info.edits
@@ -207,7 +210,17 @@ class Dataset(DataIO, Review, TableReader):
         if limit is not None and (isinstance(limit, bool) or limit < 0):
             raise InvalidInputError(f"limit must be a whole number >= 0, got {limit!r}")
         head = self.head  # refuses a deleted dataset
-        return [] if limit == 0 else self._log.list(head, limit=limit)
+        if limit == 0:
+            return []
+        commits = self._log.list(head, limit=limit)
+        records = self._pruned.records()
+        if not records:
+            return commits
+        by = {}
+        for rec in records:
+            for lo, hi in rec.pruned:
+                by.update(dict.fromkeys(range(lo, hi + 1), rec.seq))
+        return [dataclasses.replace(c, pruned_by=by.get(c.seq)) for c in commits]
 
     def resolve(self, ref: Ref) -> Commit:
         """Turn a ref into a commit of this dataset.
@@ -256,12 +269,22 @@ class Dataset(DataIO, Review, TableReader):
         operation: str,
     ) -> Commit:
         return self._runner.run(
-            ops,
+            [*ops, self._pins_readable],
             message=message,
             author=author or default_author(),
             operation=operation,
             count_restore=self._count_restore,
         )
+
+    def _pins_readable(self, st: Stage) -> None:
+        """Refuse a commit that pins an inference set to a pruned commit.
+
+        Runs on every replay: a GC that took the seq this commit wanted is
+        found here when the commit replays on top of it.
+        """
+        for seq in set(st.pins.values()) - set(st.head.pins.values()):
+            if seq < st.head.seq:
+                self._pruned.check(seq)
 
     def _one(self, message: str | None, author: str | None, fill: Any) -> Commit:
         tx = Transaction(self, message=message, author=author, operation="write")
@@ -416,6 +439,8 @@ class Dataset(DataIO, Review, TableReader):
         target = self.resolve(ref)
 
         def op(st: Stage) -> None:
+            if target.seq != st.head.seq:
+                self._pruned.check(target.seq)  # again on each replay: a GC may have run
             for table in sorted(set(st.head.table_versions) | set(target.table_versions)):
                 want = target.table_versions.get(table)
                 if want != st.head.table_versions.get(table):
@@ -523,8 +548,9 @@ class Dataset(DataIO, Review, TableReader):
         if name is None:
             name = f"snapshot {created.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
         check_snapshot_name(name)
-        commit = self.head if ref is None else self.resolve(ref)
-        return self._tags.create(
+        head = self.head
+        commit = head if ref is None else self.resolve(ref)
+        snap = self._tags.create(
             name,
             commit,
             description=description,
@@ -532,6 +558,13 @@ class Dataset(DataIO, Review, TableReader):
             created_at=created,
             metadata=metadata or {},
         )
+        # A GC that published after HEAD was read sees this snapshot when it
+        # reads the roots again, unless its record named the commit first.
+        gc = self._pruned.pruned_by(commit.seq, after=head.seq)
+        if gc is not None:
+            self._tags.delete([name])
+            raise pruned_error(self.name, commit.seq, gc)
+        return snap
 
     def list_snapshots(self, *, changes: bool = True) -> list[Snapshot]:
         """Every snapshot, oldest first.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -74,6 +75,34 @@ class VersionUnavailableError(LakeverError, LookupError):
         self.table = table
         self.version = version
         self.missing: tuple[str, ...] = tuple(missing)
+
+
+class VersionPrunedError(LakeverError, LookupError):
+    """A commit can no longer be read: garbage collection removed its files.
+
+    Attributes:
+        seq: the commit asked for.
+        gc_id: the id of the GC run that pruned it.
+        gc_seq: the seq of that run's commit.
+        pruned_at: when that run started.
+    """
+
+    def __init__(
+        self, message: str, *, seq: int, gc_id: str, gc_seq: int, pruned_at: datetime
+    ) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.gc_id = gc_id
+        self.gc_seq = gc_seq
+        self.pruned_at = pruned_at
+
+
+class SnapshotArchivedError(LakeverError, LookupError):
+    """A snapshot was archived to cold storage; unarchive it to read it."""
+
+
+class LimitError(LakeverError, RuntimeError):
+    """A snapshot limit would be exceeded and no snapshot may be archived to make room."""
 
 
 class RowNotFoundError(LakeverError, LookupError):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lakever import _feed
+from lakever import _delta, _feed
 from lakever.commits import Commit
 from lakever.errors import InvalidInputError, RowNotFoundError
 from lakever.schema import FRAMES, LABELS
@@ -83,10 +83,60 @@ class _KeyStates:
         return {k: v for k, v in self.events[i].items() if k not in _META}
 
 
-def _events(ds: Dataset, table: str, upto: int, where: pl.Expr) -> pl.DataFrame:
-    if upto < 1:
+def _runs(commits: list[Commit]) -> list[list[Commit]]:
+    """Readable commits cut where garbage collection pruned the ones in between."""
+    out: list[list[Commit]] = []
+    for c in commits:
+        if out and out[-1][-1].seq == c.seq - 1:
+            out[-1].append(c)
+        else:
+            out.append([c])
+    return out
+
+
+def _events(ds: Dataset, commits: list[Commit], table: str, where: pl.Expr) -> pl.DataFrame:
+    """The table's change events for the keys `where` selects, over the readable commits.
+
+    Between commits next to each other the feed survives GC. A run that
+    starts after pruned commits starts from the rows at its first version
+    instead: every key seen is marked deleted there, then the rows present
+    are inserted (so a key that vanished inside the gap ends there).
+    """
+    loc = ds.table_location(table)
+    parts: list[pl.DataFrame] = []
+    starts: list[int] = []
+    for run in _runs(commits):
+        a, b = run[0].table_versions.get(table, 0), run[-1].table_versions.get(table, 0)
+        if run[0].seq > 0 and a > 0:
+            rows = _delta.collect(loc, a, _delta.scan(loc, a).filter(where), table=table)
+            starts.append(a)
+            parts.append(
+                rows.with_columns(
+                    pl.lit("insert").alias("_change_type"),
+                    pl.lit(a, dtype=pl.Int64).alias("_commit_version"),
+                )
+            )
+            a_feed = a + 1
+        else:
+            a_feed = 1
+        if b >= a_feed:
+            parts.append(_feed.changes(loc, a_feed, b, where=where))
+    parts = [p.drop("_commit_timestamp", strict=False) for p in parts if not p.is_empty()]
+    if not parts:
         return pl.DataFrame()
-    return _feed.changes(ds.table_location(table), 1, upto, where=where)
+    events = pl.concat(parts, how="diagonal_relaxed")
+    if starts:
+        key = "frame_id" if table == FRAMES else "label_id"
+        keys = events.select(key).unique()
+        gone = keys.join(
+            pl.DataFrame({"_commit_version": starts}, schema={"_commit_version": pl.Int64}),
+            how="cross",
+        )
+        events = pl.concat(
+            [gone.with_columns(pl.lit("delete").alias("_change_type")), events],
+            how="diagonal_relaxed",
+        )
+    return events
 
 
 def _walk(
@@ -138,24 +188,23 @@ def history(
     """Every version of a frame and its labels, or of one label, oldest first."""
     if (frame_id is None) == (label_id is None):
         raise InvalidInputError("give exactly one of frame_id=... or label_id=...")
-    commits = list(reversed(ds.log()))
-
-    def upto(table: str) -> int:
-        return max((c.table_versions.get(table, 0) for c in commits), default=0)
+    commits = [c for c in reversed(ds.log()) if c.pruned_by is None]
 
     rows: list[dict[str, Any]] = []
     if frame_id is not None:
         this_frame = pl.col("frame_id") == frame_id
-        rows += _walk(commits, FRAMES, "frame_id", _events(ds, FRAMES, upto(FRAMES), this_frame))
-        on_frame = _events(ds, LABELS, upto(LABELS), this_frame)
+        rows += _walk(commits, FRAMES, "frame_id", _events(ds, commits, FRAMES, this_frame))
+        on_frame = _events(ds, commits, LABELS, this_frame)
         if not on_frame.is_empty():
-            ids = pl.Series(sorted(set(on_frame["label_id"].to_list())), dtype=pl.String)
+            ids = pl.Series(
+                sorted(set(on_frame["label_id"].drop_nulls().to_list())), dtype=pl.String
+            )
             where = pl.col("label_id").is_in(ids.implode())
-            rows += _walk(commits, LABELS, "label_id", _events(ds, LABELS, upto(LABELS), where))
+            rows += _walk(commits, LABELS, "label_id", _events(ds, commits, LABELS, where))
     else:
         assert label_id is not None
         where = pl.col("label_id") == label_id
-        rows += _walk(commits, LABELS, "label_id", _events(ds, LABELS, upto(LABELS), where))
+        rows += _walk(commits, LABELS, "label_id", _events(ds, commits, LABELS, where))
     if not rows:
         what = f"frame {frame_id!r}" if frame_id is not None else f"label {label_id!r}"
         raise RowNotFoundError(

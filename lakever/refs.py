@@ -42,12 +42,20 @@ def resolve(ds: Dataset, ref: Ref) -> Commit:
         InvalidRefError: the ref matches nothing, or belongs to another dataset.
         CommitNotFoundError: a seq or time outside the log.
         DatasetNotFoundError: the dataset was deleted.
+        VersionPrunedError: garbage collection made that commit unreadable.
     """
     head = ds.head  # a deleted dataset resolves nothing
+    commit = _resolve(ds, ref, head)
+    if commit.seq != head.seq:
+        ds._pruned.check(commit.seq)
+    return commit
+
+
+def _resolve(ds: Dataset, ref: Ref, head: Commit) -> Commit:
     if isinstance(ref, View):
         if not ref.dataset.same_dataset(ds):
             raise _foreign(ds, ref, f"a view of dataset {ref.dataset.name!r}")
-        return resolve(ds, ref.commit)
+        return _resolve(ds, ref.commit, head)
     if isinstance(ref, Commit):
         return _own_commit(ds, ref)
     if isinstance(ref, Snapshot):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from lakever import _delta, _feed, _records
+from lakever._pruned import pruned_error
 from lakever.commits import Commit, now_utc
 from lakever.errors import (
     InvalidInputError,
@@ -150,6 +151,8 @@ class Segment:
         """
         ds = self._ds
         commit = at or ds.head
+        if at is not None:
+            ds._pruned.check(at.seq)
         rows = []
         when = _now()
         for table, keys in _targets(ds, frame_ids, label_ids, predictions).items():
@@ -165,6 +168,14 @@ class Segment:
                 )
             rows += self._rows(table, keys, "add", commit.seq, version, when, author)
         self._write(rows)
+        # A GC that published after HEAD was read may prune the commit these
+        # elements are frozen at; its second look at the roots sees them, unless
+        # it named the commit in its record first: then take them out again.
+        gc = ds._pruned.pruned_by(commit.seq, after=commit.seq)
+        if gc is not None:
+            self._write([{**r, "op": "remove", "commit_seq": None, "table_version": None,
+                          "at": _now()} for r in rows])  # fmt: skip
+            raise pruned_error(ds.name, commit.seq, gc)
         return len(rows)
 
     def remove(
@@ -375,6 +386,24 @@ def listing(ds: Dataset) -> pl.DataFrame:
         .select("name", "description", "state", "elements", "created_at", "creator")
         .sort("created_at")
     )
+
+
+def frozen_commits(ds: Dataset) -> list[tuple[int, str]]:
+    """(commit seq, segment name) of every element of a live segment: roots for GC."""
+    live = _live(_events(ds)).select("segment_id", "name")
+    if live.is_empty():
+        return []
+    elements = _records.read(ds.root.child("segment_elements"), ELEMENT_SCHEMA).sort("at")
+    members = (
+        elements.group_by("segment_id", "table", "key", maintain_order=True)
+        .last()
+        .filter(pl.col("op") == "add")
+        .join(live, on="segment_id")
+        .select("commit_seq", "name")
+        .unique()
+        .sort("commit_seq", "name")
+    )
+    return [(int(seq), str(name)) for seq, name in members.iter_rows()]
 
 
 def delete(ds: Dataset, name: str, *, author: str | None = None) -> None:

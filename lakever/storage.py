@@ -17,6 +17,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -236,6 +237,27 @@ class Location:
             for e in entries
             if e.get("type") != "directory"
         }
+
+    def list_tree(self) -> list[tuple[str, int, datetime]]:
+        """Every file below this location: (path relative to it, bytes, last modified, UTC)."""
+        try:
+            found = self.fs.find(self.path, detail=True)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise storage_error("list", self.uri, exc) from exc
+        base = self.path.rstrip("/") + "/"
+        out = []
+        for name, info in found.items():
+            if info.get("type") == "directory" or not str(name).startswith(base):
+                continue
+            when = info.get("LastModified") or info.get("mtime") or info.get("created") or 0
+            if not isinstance(when, datetime):
+                when = datetime.fromtimestamp(float(when), timezone.utc)
+            elif when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            out.append((str(name)[len(base) :], int(info.get("size") or 0), when))
+        return out
 
     def root_exists(self) -> bool:
         """Whether the lake root can exist here: the folder, or the S3 bucket, is there."""
