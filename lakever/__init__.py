@@ -24,11 +24,13 @@ from lakever.errors import (
     InvalidRefError,
     LakeNotFoundError,
     LakeverError,
+    LimitError,
     ReadOnlyError,
     RowError,
     RowNotFoundError,
     SegmentExistsError,
     SegmentNotFoundError,
+    SnapshotArchivedError,
     SnapshotExistsError,
     SnapshotNotFoundError,
     SnapshotsExistError,
@@ -36,9 +38,11 @@ from lakever.errors import (
     TableNotFoundError,
     UploadNotFoundError,
     ValidationError,
+    VersionPrunedError,
     VersionUnavailableError,
 )
 from lakever.evaluation import Evaluation
+from lakever.gc import GCReport
 from lakever.refs import Ref
 from lakever.repair import RepairReport
 from lakever.segments import Segment
@@ -61,12 +65,14 @@ __all__ = [
     "DatasetNotFoundError",
     "Diff",
     "Evaluation",
+    "GCReport",
     "InvalidInputError",
     "InvalidNameError",
     "InvalidRefError",
     "Lake",
     "LakeNotFoundError",
     "LakeverError",
+    "LimitError",
     "ReadOnlyError",
     "Ref",
     "RepairReport",
@@ -76,6 +82,7 @@ __all__ = [
     "SegmentExistsError",
     "SegmentNotFoundError",
     "Snapshot",
+    "SnapshotArchivedError",
     "SnapshotExistsError",
     "SnapshotNotFoundError",
     "SnapshotsExistError",
@@ -85,6 +92,7 @@ __all__ = [
     "Upload",
     "UploadNotFoundError",
     "ValidationError",
+    "VersionPrunedError",
     "VersionUnavailableError",
     "View",
     "__version__",

@@ -119,7 +119,7 @@ class GCReport:
     def describe(self) -> str:
         """A human-readable summary."""
         verb = "deleted" if self.applied else "would delete"
-        kinds = ", ".join(f"{k} {_size(b)}" for k, b in self.bytes_by_kind().items())
+        kinds = ", ".join(f"{k} {human_size(b)}" for k, b in self.bytes_by_kind().items())
         lines = [
             f"garbage collection of {self.dataset!r} ({'applied' if self.applied else 'plan'}, "
             f"keeping commits newer than {_span(self.keep_within)})",
@@ -127,11 +127,9 @@ class GCReport:
             f"({', '.join(f'{r} {n}' for r, n in _reason_counts(self.roots))})",
             f"commits that stop being readable: {len(self.unreadable)}"
             + (f" ({_seq_ranges(self.unreadable)})" if self.unreadable else ""),
-            f"{verb}: {self.files.height} files, {_size(self.bytes)}"
+            f"{verb}: {self.files.height} files, {human_size(self.bytes)}"
             + (f" ({kinds})" if kinds else ""),
         ]
-        if not self.applied and self.files.height:
-            lines.append("nothing was deleted: apply with `--yes` (or apply=True)")
         return "\n".join(lines)
 
 
@@ -373,7 +371,8 @@ def _seq_ranges(seqs: list[int]) -> str:
     return ", ".join(parts[:10]) + (", ..." if len(parts) > 10 else "")
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
+    """Bytes as B, KiB, MiB or GiB."""
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":

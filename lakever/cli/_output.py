@@ -71,7 +71,17 @@ def commits_table(commits: Sequence[Commit], title: str | None = None) -> None:
         title,
         ["seq", "id", "time (UTC)", "author", "operation", "changes", "message"],
         [
-            (c.seq, c.id[:12], when(c.created_at), c.author, c.operation, counts_text(c), c.message)
+            (
+                c.seq,
+                c.id[:12],
+                when(c.created_at),
+                c.author,
+                c.operation
+                if c.pruned_by is None
+                else f"{c.operation} (pruned by gc {c.pruned_by})",
+                counts_text(c),
+                c.message,
+            )
             for c in commits
         ],
     )

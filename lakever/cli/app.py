@@ -249,7 +249,7 @@ def log_cmd(
     """Show the commit log, newest first."""
     commits = lv.connect(uri).dataset(dataset).log(limit=limit)
     if json_out:
-        o.emit_json([c.to_dict() for c in commits])
+        o.emit_json([{**c.to_dict(), "pruned_by": c.pruned_by} for c in commits])
     else:
         o.commits_table(commits)
 

@@ -1,0 +1,132 @@
+"""Commands for garbage collection and snapshot archiving."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
+import lakever as lv
+from lakever.cli import _output as o
+from lakever.cli.app import Json, Uri, Verbose, Yes, _guard, app
+from lakever.gc import human_size
+
+_SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 86400}
+
+
+def parse_span(text: str) -> timedelta:
+    """'7d', '12h', '30m', '45s', '2w' (a bare number is days) as a timedelta."""
+    m = _SPAN.match(text)
+    if not m:
+        raise lv.InvalidInputError(
+            f"--keep-within must be a number with a unit s, m, h, d or w (like 7d or 12h), "
+            f"got {text!r}"
+        )
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+@app.command("gc")
+@_guard
+def gc_cmd(
+    dataset: Annotated[
+        str | None, typer.Argument(help="Dataset name (default: every dataset).")
+    ] = None,
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    keep_within: Annotated[
+        str, typer.Option(help="Keep commits newer than this (7d, 12h, 30m; 0 keeps only roots).")
+    ] = "7d",
+    yes: Yes = False,
+    history: Annotated[bool, typer.Option("--history", help="List past runs instead.")] = False,
+) -> None:
+    """Show what garbage collection would delete; delete it with --yes.
+
+    HEAD, snapshots, pinned commits, segments and commits newer than
+    --keep-within stay readable; other commits become unreadable.
+    """
+    lake = lv.connect(uri)
+    if history:
+        if dataset is None:
+            raise lv.InvalidInputError("--history needs a DATASET")
+        runs = lake.dataset(dataset).gc_runs()
+        if json_out:
+            o.emit_json(json.loads(runs.write_json()))
+            return
+        o.table(
+            None,
+            [
+                "gc commit",
+                "started (UTC)",
+                "author",
+                "kept within",
+                "roots",
+                "pruned",
+                "files",
+                "freed",
+            ],
+            [
+                (
+                    r["seq"],
+                    o.when(r["started_at"]),
+                    r["author"],
+                    f"{timedelta(seconds=r['keep_within_seconds'])}",
+                    len(json.loads(r["roots"])),
+                    len(r["unreadable"]),
+                    r["files"],
+                    human_size(r["bytes"]),
+                )
+                for r in runs.iter_rows(named=True)
+            ],
+        )
+        return
+    span = parse_span(keep_within)
+    if dataset is None:
+        frame = lake.gc(keep_within=span, apply=yes)
+        if json_out:
+            o.emit_json(frame.to_dicts())
+            return
+        o.table(
+            None,
+            ["dataset", "roots", "commits pruned", "files", "bytes", "applied"],
+            [
+                (
+                    r["dataset"],
+                    r["roots"],
+                    r["unreadable"],
+                    r["files"],
+                    human_size(r["bytes"]),
+                    r["applied"],
+                )
+                for r in frame.iter_rows(named=True)
+            ],
+        )
+        if not yes and int(frame["files"].sum() or 0):
+            o.out.print("nothing was deleted: run again with --yes to delete", markup=False)
+        return
+    report = lake.dataset(dataset).gc(keep_within=span, apply=yes)
+    if json_out:
+        o.emit_json(
+            {
+                "dataset": report.dataset,
+                "applied": report.applied,
+                "gc_seq": report.seq,
+                "roots": report.roots.to_dicts(),
+                "unreadable": report.unreadable,
+                "files": report.files.height,
+                "bytes": report.bytes,
+                "bytes_by_kind": report.bytes_by_kind(),
+            }
+        )
+        return
+    o.out.print(report.describe(), markup=False)
+    if not yes and report.files.height:
+        o.out.print(
+            f"nothing was deleted: run `lakever gc {dataset} --keep-within {keep_within} --yes` "
+            "to delete",
+            markup=False,
+        )

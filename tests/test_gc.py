@@ -1,0 +1,207 @@
+"""Garbage collection: what it keeps, what it deletes, and what reads and writes see after."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+from typer.testing import CliRunner
+
+import lakever as lv
+from lakever import _gcfiles
+from lakever.cli import app
+from tests.helpers import CLASSES, content_hash, frames, labels
+
+ZERO = timedelta(0)
+
+
+def _edited(lake: lv.Lake, name: str = "d", rounds: int = 6) -> lv.Dataset:
+    """A dataset with snapshots s0 (base) and s-mid, and scattered edits in between."""
+    ds = lake.create_dataset(name, classes=CLASSES)
+    fids = [f"f{i:03d}" for i in range(40)]
+    ds.add_frames(frames(fids))
+    ds.upsert_labels(labels(fids, per_frame=3))
+    ds.create_snapshot("s0")
+    for r in range(rounds):
+        pick = fids[r::5]
+        ds.upsert_labels(labels(pick, per_frame=1, cls="person", x=float(r)))
+        ds.delete_labels([f"{pick[0]}-l2"], missing_ok=True)
+        if r == rounds // 2:
+            ds.create_snapshot("s-mid")
+    return ds
+
+
+def _hashes(ds: lv.Dataset, refs: list[str | int]) -> dict[str | int, dict[str, str]]:
+    return {r: content_hash(ds.at(r)) for r in refs}
+
+
+def test_plan_deletes_nothing_and_apply_keeps_every_root(lake: lv.Lake) -> None:
+    ds = _edited(lake)
+    refs: list[str | int] = ["s0", "s-mid", "HEAD"]
+    want = _hashes(ds, refs)
+    diff_before = ds.diff("s0", "s-mid").rows("labels").sort("label_id")
+    plan = ds.gc(keep_within=ZERO)
+    assert not plan.applied and plan.files.height > 0 and plan.bytes > 0
+    assert set(plan.roots["reason"]) == {"head", "snapshot"}
+    assert plan.unreadable and ds.head.seq not in plan.unreadable
+    assert ds.at(plan.unreadable[-1]).read("labels").height > 0  # a plan deletes nothing
+
+    done = ds.gc(keep_within=ZERO, apply=True)
+    assert done.applied and done.unreadable == plan.unreadable
+    assert done.bytes == plan.bytes and set(done.files["kind"]) <= {
+        "data", "deletion vector", "change data", "log", "checkpoint"}  # fmt: skip
+    assert _hashes(ds, refs) == want
+    assert ds.diff("s0", "s-mid").rows("labels").sort("label_id").equals(diff_before)
+    gone = [p for p in done.files["path"] if "_delta_log" not in p]
+    assert gone and not any(
+        lv.storage.user_location(p, lake.root.options).exists() for p in gone[:5]
+    )
+    # nothing left to do: a second plan deletes nothing and prunes nothing
+    again = ds.gc(keep_within=ZERO)
+    assert again.files.height == 0 and again.unreadable == []
+
+
+def test_pruned_commit_reads_fail_clearly_and_log_marks_them(local_lake: lv.Lake) -> None:
+    ds = _edited(local_lake)
+    report = ds.gc(keep_within=ZERO, apply=True, author="janitor")
+    victim = report.unreadable[-1]
+    with pytest.raises(lv.VersionPrunedError) as err:
+        ds.at(victim)
+    assert err.value.seq == victim and err.value.gc_seq == report.seq
+    assert "janitor" in str(err.value) and str(report.seq) in str(err.value)
+    for bad in (lambda: ds.diff(victim), lambda: ds.revert(victim)):
+        with pytest.raises(lv.VersionPrunedError):
+            bad()
+    with pytest.raises(lv.VersionPrunedError):
+        ds.create_snapshot("late", ref=victim)
+    marks = {c.seq: c.pruned_by for c in ds.log()}
+    assert {s for s, by in marks.items() if by == report.seq} == set(report.unreadable)
+    assert marks[report.seq] is None and ds.log()[0].operation == "gc"
+    runs = ds.gc_runs()
+    assert runs.height == 1
+    row = runs.row(0, named=True)
+    assert row["seq"] == report.seq and row["author"] == "janitor"
+    assert row["files"] == report.files.height and row["bytes"] == report.bytes
+    assert row["unreadable"] == report.unreadable
+
+
+def test_window_pins_and_segments_are_roots(local_lake: lv.Lake) -> None:
+    ds = _edited(local_lake)
+    preds = labels(["f001"], per_frame=1).with_columns(confidence=pl.lit(0.9))
+    ds.upsert_inferences("model", preds, pinned_to=3)
+    seg = ds.create_segment("hard")
+    seg.add(label_ids=["f002-l0"], at=ds.resolve(4))
+    ds.upsert_labels(labels(["f002"], per_frame=1, cls="truck"))
+    plan = ds.gc(keep_within=ZERO)
+    reasons = {(r["seq"], r["reason"]) for r in plan.roots.iter_rows(named=True)}
+    assert (3, "pin") in reasons and (4, "segment") in reasons
+    frozen = seg.read("labels")
+    pinned = content_hash(ds.at(3))
+    ds.gc(keep_within=ZERO, apply=True)
+    assert seg.read("labels").equals(frozen)
+    assert content_hash(ds.at(3)) == pinned
+    assert ds.evaluate("model").against.seq == 3
+    # a window keeps every recent commit: nothing is pruned
+    assert ds.gc(keep_within=timedelta(days=1)).unreadable == []
+
+
+def _brute_history(ds: lv.Dataset, label_id: str) -> list[tuple[int, str]]:
+    """(seq, change) of one label over the readable commits, read commit by commit."""
+    out, prev = [], None
+    for c in reversed(ds.log()):
+        if c.pruned_by is not None:
+            continue
+        rows = ds.at(c.seq).read("labels").filter(pl.col("label_id") == label_id)
+        cur = rows.row(0, named=True) if rows.height else None
+        if cur != prev:
+            change = "added" if prev is None else "deleted" if cur is None else "modified"
+            out.append((c.seq, change))
+        prev = cur
+    return out
+
+
+def test_writes_history_and_diffs_after_gc(lake: lv.Lake) -> None:
+    ds = _edited(lake)
+    ds.gc(keep_within=ZERO, apply=True)
+    ds.upsert_labels(labels(["f000"], per_frame=1, cls="bike"))
+    ds.delete_labels(["f005-l1", "f010-l0"])
+    for label_id in ("f000-l0", "f005-l1", "f010-l2"):
+        got = ds.history(label_id=label_id)
+        assert list(zip(got["seq"], got["change"], strict=True)) == _brute_history(ds, label_id)
+    frame_hist = ds.history(frame_id="f005")
+    assert "f005-l1" in set(frame_hist["key"])
+    d = ds.diff("s-mid")
+    a, b = ds.at("s-mid").read("labels"), ds.read("labels")
+    assert d.counts()["labels"].deleted == len(set(a["label_id"]) - set(b["label_id"]))
+    assert d.counts()["labels"].added == len(set(b["label_id"]) - set(a["label_id"]))
+    # delta-rs and Polars read every table at HEAD after log pruning
+    for t in ("frames", "labels"):
+        uri, version = ds.delta_table(t)
+        opts = lake.root.delta_options()
+        assert pl.read_delta(uri, version=version, storage_options=opts).height == ds.read(t).height
+        assert DeltaTable(uri, storage_options=opts).version() == version
+
+
+def test_dropped_inference_set_is_reclaimed_and_its_name_reusable(local_lake: lv.Lake) -> None:
+    ds = _edited(local_lake, rounds=2)
+    preds = labels([f"f{i:03d}" for i in range(40)], per_frame=2).with_columns(
+        confidence=pl.lit(0.5)
+    )
+    ds.upsert_inferences("m", preds)
+    ds.drop_inferences("m")
+    report = ds.gc(keep_within=ZERO, apply=True)
+    assert report.files.filter(pl.col("table") == "inferences/m").height > 0
+    ds.upsert_inferences("m", preds.head(5))
+    assert ds.read("inferences/m").height == 5
+
+
+def test_untracked_files_go_only_when_old(local_lake: lv.Lake) -> None:
+    ds = _edited(local_lake, rounds=1)
+    table = Path(ds.table_location("labels").uri)
+    young, old = table / "part-young.parquet", table / "part-old.parquet"
+    for p in (young, old):
+        pl.DataFrame({"a": [1]}).write_parquet(p)
+    stale = time.time() - _gcfiles.UNTRACKED_GRACE.total_seconds() - 60
+    os.utime(old, (stale, stale))
+    paths = set(ds.gc(keep_within=ZERO, apply=True).files["path"])
+    assert str(old) in paths and str(young) not in paths
+    assert young.exists() and not old.exists()
+
+
+def test_lake_gc_and_bad_input(local_lake: lv.Lake) -> None:
+    _edited(local_lake, "a", rounds=2)
+    _edited(local_lake, "b", rounds=2)
+    plan = local_lake.gc(keep_within=ZERO)
+    assert plan["dataset"].to_list() == ["a", "b"] and not plan["applied"].any()
+    assert (plan["bytes"] > 0).all()
+    done = local_lake.gc(keep_within=ZERO, apply=True)
+    assert done["bytes"].to_list() == plan["bytes"].to_list() and done["applied"].all()
+    for bad in (-timedelta(seconds=1), 7, "7d"):
+        with pytest.raises(lv.InvalidInputError, match="keep_within"):
+            local_lake.gc(keep_within=bad)  # type: ignore[arg-type]
+
+
+def test_cli_gc(local_lake: lv.Lake) -> None:
+    _edited(local_lake, rounds=2)
+    runner = CliRunner()
+    base = ["--uri", local_lake.uri]
+    plan = runner.invoke(app, [*base, "gc", "d", "--keep-within", "0"])
+    assert plan.exit_code == 0, plan.output
+    assert "would delete" in plan.output and "--yes" in plan.output
+    applied = runner.invoke(app, [*base, "--json", "gc", "d", "--keep-within", "0s", "--yes"])
+    assert applied.exit_code == 0, applied.output
+    assert '"applied": true' in applied.output
+    hist = runner.invoke(app, [*base, "gc", "d", "--history"])
+    assert hist.exit_code == 0 and "files" in hist.output
+    log = runner.invoke(app, [*base, "--json", "log", "d"])
+    entries = json.loads(log.output)
+    gc_seq = entries[0]["seq"]
+    assert entries[0]["operation"] == "gc" and entries[-1]["pruned_by"] == gc_seq
+    bad = runner.invoke(app, [*base, "gc", "d", "--keep-within", "soon"])
+    assert bad.exit_code == 2 and "keep-within" in bad.output
