@@ -11,7 +11,8 @@ versions names (added, removed, `cdc`) is needed too.
 Files under the table that no log version names were written by a writer that
 failed, or is still writing; they go only when older than `UNTRACKED_GRACE`.
 
-Log entries before the oldest kept version go too, once a checkpoint at that
+Log entries before the oldest kept version go too (but version 0's, the empty
+table a re-created inference set restores to), once a checkpoint at that
 version exists (GC writes one when it is missing): every kept version then
 loads from that checkpoint or a later one.
 """
@@ -185,7 +186,9 @@ def plan_table(
         kind = kind_of(rel)
         if kind in (LOG, CHECKPOINT):
             m = _JSON.match(rel) or _CHECKPOINT.match(rel)
-            if prune_log and m and int(m.group(1)) < oldest:
+            # Version 0 stays loadable (one small file): a writer re-creating a
+            # dropped inference set restores its table to that empty version.
+            if prune_log and m and 0 < int(m.group(1)) < oldest:
                 plan.files.append((rel, size, kind))
             continue
         if rel in needed:
@@ -201,7 +204,7 @@ def _replay(
     """Replay from version 0, or the oldest checkpoint with every later JSON commit present."""
     replay = _Replay()
     start = 0
-    if 0 not in log_versions:
+    if any(v not in log_versions for v in range(latest + 1)):
         usable = [
             c
             for c in sorted(checkpoints)

@@ -204,8 +204,8 @@ def _plan(
     for rec in ds._pruned.records():
         for lo, hi in rec.pruned:
             done.update(range(lo, hi + 1))
-    roots = _roots(ds, head, commits, now - keep_within)
-    root_seqs = {r["seq"] for r in roots} - done
+    roots = [r for r in _roots(ds, head, commits, now - keep_within) if r["seq"] not in done]
+    root_seqs = {r["seq"] for r in roots}
     versions: dict[str, set[int]] = {}
     for seq in root_seqs:
         for table, v in commits[seq].table_versions.items():

@@ -207,6 +207,12 @@ def history(
         rows += _walk(commits, LABELS, "label_id", _events(ds, commits, LABELS, where))
     if not rows:
         what = f"frame {frame_id!r}" if frame_id is not None else f"label {label_id!r}"
+        pruned = sum(1 for c in ds.log() if c.pruned_by is not None)
+        if pruned:
+            raise RowNotFoundError(
+                f"{what} is in no readable commit of dataset {ds.name!r} ({pruned} commits "
+                "were pruned by garbage collection); check the id"
+            )
         raise RowNotFoundError(
             f"{what} has never existed in dataset {ds.name!r} (no commit added, changed or "
             "deleted it); check the id"
