@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import polars as pl
 
 import lakever as lv
-from tests.helpers import frames, labels, vendor_batch
+from tests.helpers import content_hash, frames, labels, vendor_batch
 
 
 def say(text: str) -> None:
@@ -93,6 +93,32 @@ def fail_once(ds: lv.Dataset) -> int:
     return 0
 
 
+def snap_writer(ds: lv.Dataset, writer: str, count: int) -> int:
+    """Edits, snapshots of HEAD and of older commits, reverts: racing a GC."""
+    for i in range(count):
+        fids = [f"{writer}-{i % 5:02d}-{k}" for k in range(2)]
+        with ds.transaction(message=f"{writer} {i}") as tx:
+            tx.upsert_frames(frames(fids))
+            tx.upsert_labels(labels(fids, per_frame=2, x=float(i)))
+        assert tx.result is not None
+        say(f"ACK {tx.result.seq} {tx.result.id}")
+        name = f"{writer}-s{i}"
+        ref = tx.result.seq if i % 3 else max(0, tx.result.seq - 2)
+        try:
+            snap = ds.create_snapshot(name, ref=ref)
+        except lv.VersionPrunedError:
+            say(f"PRUNED {name}")
+        else:
+            say(f"SNAP {name} {json.dumps(content_hash(ds.at(snap.name)), sort_keys=True)}")
+        if i % 5 == 4:
+            try:
+                ds.revert(f"{writer}-s{i - 2}")
+                say(f"REVERT {i - 2}")
+            except (lv.SnapshotNotFoundError, lv.VersionPrunedError) as exc:
+                say(f"NOREVERT {type(exc).__name__}")
+    return 0
+
+
 def main() -> int:
     mode, uri, name, writer, count = sys.argv[1:6]
     options = json.loads(os.environ.get("LAKEVER_TEST_OPTIONS", "{}"))
@@ -127,6 +153,16 @@ def main() -> int:
         return 0
     if mode == "fail":
         return fail_once(ds)
+    if mode == "gc-loop":
+        from datetime import timedelta
+
+        for i in range(int(count)):
+            report = ds.gc(keep_within=timedelta(0), apply=True, author=writer)
+            say(f"GC {i} {report.seq} {len(report.unreadable)} {report.files.height}")
+            time.sleep(0.3)  # spread the runs over the writer's work
+        return 0
+    if mode == "snap-writer":
+        return snap_writer(ds, writer, int(count))
     if mode == "snapshot-race":
         go = Path(os.environ["LAKEVER_TEST_GO"])
         while not go.exists():

@@ -205,3 +205,46 @@ def test_cli_gc(local_lake: lv.Lake) -> None:
     assert entries[0]["operation"] == "gc" and entries[-1]["pruned_by"] == gc_seq
     bad = runner.invoke(app, [*base, "gc", "d", "--keep-within", "soon"])
     assert bad.exit_code == 2 and "keep-within" in bad.output
+
+
+@pytest.mark.slow
+def test_gc_racing_writers_snapshots_reverts_and_another_gc(lake: lv.Lake) -> None:
+    """Two GC loops (keep nothing but roots) race a process that edits, snapshots HEAD
+    and older commits, and reverts: every snapshot it was told exists reads back as it
+    did when made, a refused one does not exist, and nothing a root needs is gone."""
+    from tests.test_crash_and_concurrency import spawn, wait_ready
+
+    ds = lake.create_dataset("race", classes=CLASSES)
+    ds.add_frames(frames(["base"]))
+    opts = dict(lake.root.options)
+    procs = [spawn("snap-writer", lake.uri, "race", "w", 18, opts)]
+    procs += [spawn("gc-loop", lake.uri, "race", f"gc{k}", 12, opts) for k in range(2)]
+    for p in procs:
+        wait_ready(p)
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(out)
+    writer_out = outs[0].splitlines()
+    gc_lines = [line for out in outs[1:] for line in out.splitlines() if line.startswith("GC")]
+    assert len(gc_lines) == 24
+    assert sum(int(line.split()[4]) for line in gc_lines) > 0  # the runs really deleted files
+    made = {}
+    for line in writer_out:
+        if line.startswith("SNAP "):
+            _, name, hashes = line.split(" ", 2)
+            made[name] = json.loads(hashes)
+    refused = [line.split()[1] for line in writer_out if line.startswith("PRUNED")]
+    assert made
+    existing = {s.name for s in ds.list_snapshots(changes=False)}
+    assert set(made) <= existing and not set(refused) & existing
+    for name, hashes in made.items():
+        assert content_hash(ds.at(name)) == hashes, name
+    acked = [int(line.split()[1]) for line in writer_out if line.startswith("ACK")]
+    log = {c.seq: c for c in ds.log()}
+    assert all(s in log for s in acked)
+    assert ds.repair().unreadable.is_empty()
+    assert content_hash(ds) and ds.gc(keep_within=ZERO, apply=True).applied
+    for name, hashes in made.items():
+        assert content_hash(ds.at(name)) == hashes, name
