@@ -140,6 +140,7 @@ def plan_table(
     table: str,
     *,
     kept: Iterable[int],
+    log_only: Iterable[int] = (),
     feed: Iterable[int],
     in_flight_after: int | None,
     now: datetime,
@@ -150,6 +151,8 @@ def plan_table(
         loc: the table.
         table: its name, for the report.
         kept: table versions that must stay readable.
+        log_only: versions whose log entries stay (archived snapshots: their
+            files may go, and come back from the archive).
         feed: table versions whose change-feed files must stay.
         in_flight_after: versions above this one are kept whole (written by
             commits not yet published, or published after GC planned).
@@ -177,7 +180,7 @@ def plan_table(
         log.warning("cannot replay the log of %s; garbage collection skips it", loc.uri)
         return plan
     needed = _needed(replay, plan.kept, feed_versions)
-    oldest = plan.kept[0]
+    oldest = min([plan.kept[0], *(v for v in log_only if v <= latest)])
     prune_log = oldest > 0 and any(v < oldest for v in log_versions | checkpoints)
     if prune_log and oldest not in checkpoints:
         plan.checkpoint_at = oldest

@@ -37,6 +37,7 @@ class GCRecord:
         created_at: when it started.
         author: who ran it.
         pruned: the commit seqs it made unreadable, as inclusive ranges.
+        finished_at: when it finished deleting (None while it runs, or if it died).
     """
 
     id: str
@@ -44,6 +45,7 @@ class GCRecord:
     created_at: datetime
     author: str
     pruned: tuple[tuple[int, int], ...]
+    finished_at: datetime | None = None
 
     def covers(self, seq: int) -> bool:
         """Whether this run pruned commit `seq`."""
@@ -58,6 +60,7 @@ class GCRecord:
                 "created_at": self.created_at.isoformat(),
                 "author": self.author,
                 "pruned": [list(r) for r in self.pruned],
+                "finished_at": None if self.finished_at is None else self.finished_at.isoformat(),
             },
             sort_keys=True,
         ).encode()
@@ -72,6 +75,9 @@ class GCRecord:
             created_at=datetime.fromisoformat(raw["created_at"]),
             author=str(raw.get("author", "")),
             pruned=tuple((int(lo), int(hi)) for lo, hi in raw.get("pruned", [])),
+            finished_at=None
+            if not raw.get("finished_at")
+            else datetime.fromisoformat(raw["finished_at"]),
         )
 
 
@@ -104,8 +110,12 @@ class PrunedIndex:
         self._name = name
         self._confirmed: dict[str, bool] = {}
 
-    def records(self, *, after: int = -1) -> list[GCRecord]:
-        """Confirmed records of runs whose commit seq is above `after`, oldest first."""
+    def records(self, *, after: int = -1, unfinished: bool = False) -> list[GCRecord]:
+        """Records of runs whose commit seq is above `after`, oldest first.
+
+        Only runs whose commit is published count, except with `unfinished`,
+        which gives the runs that have not finished (published or not yet).
+        """
         names = [n for n in self.folder.list_names() if n.endswith(".json")]
         names = [n for n in names if n[:12].isdigit() and int(n[:12]) > after]
         if not names:
@@ -120,7 +130,10 @@ class PrunedIndex:
                 rec = GCRecord.from_json(data)
             except (ValueError, KeyError, TypeError):
                 continue
-            if self._is_confirmed(n, rec):
+            if unfinished:
+                if rec.finished_at is None:
+                    out.append(rec)
+            elif self._is_confirmed(n, rec):
                 out.append(rec)
         return sorted(out, key=lambda r: r.seq)
 

@@ -19,6 +19,7 @@ import polars as pl
 
 from lakever import _delta
 from lakever._protocol import DELETE_OPERATION, EDIT_MODES, MERGE_ON_READ
+from lakever.archive import ArchiveSettings, settings
 from lakever.commits import aware
 from lakever.dataset import Dataset
 from lakever.errors import (
@@ -101,8 +102,9 @@ class Lake:
         >>> ds = lake.create_dataset("traffic", classes=["car", "person"])  # doctest: +SKIP
     """
 
-    def __init__(self, root: Location) -> None:
+    def __init__(self, root: Location, *, archive: ArchiveSettings | None = None) -> None:
         self.root = root
+        self.archive = archive or ArchiveSettings()
 
     def __repr__(self) -> str:
         return f"Lake({self.root.uri!r})"
@@ -114,6 +116,13 @@ class Lake:
 
     def _dataset_root(self, name: str) -> Location:
         return self.root.child(DATASETS_DIR, check_dataset_name(name))
+
+    def _open(self, root: Location, info: DatasetInfo) -> Dataset:
+        return Dataset(root, info, lake=self, archive=self.archive)
+
+    def _datasets(self) -> list[Dataset]:
+        """Every dataset of the lake (entries that are not datasets skipped)."""
+        return [e.dataset for e in self._entries() if e.dataset is not None]
 
     def _require_lake(self) -> None:
         if not self.root.root_exists():
@@ -154,7 +163,7 @@ class Lake:
                 out.append(_Entry(name, None, None, None, reason))
                 continue
             try:
-                ds = Dataset(root, DatasetInfo.from_json(data))
+                ds = self._open(root, DatasetInfo.from_json(data))
                 head = ds._log.head()
             except (ValueError, KeyError, CorruptLakeError, DatasetNotFoundError) as exc:
                 out.append(_Entry(name, None, None, None, f"unreadable metadata: {exc}"))
@@ -231,13 +240,13 @@ class Lake:
                 f"a dataset named {name!r} already exists in {self.uri}; open it with "
                 "lake.dataset(name) or pass exist_ok=True"
             )
-        ds = Dataset(root, info)
+        ds = self._open(root, info)
         ds._initialize()
         return ds
 
     def dataset(self, name: str) -> Dataset:
         """Open a dataset; DatasetNotFoundError if there is none of that name."""
-        return Dataset(self._dataset_root(name), self._info(name))
+        return self._open(self._dataset_root(name), self._info(name))
 
     def import_coco(
         self,
@@ -405,7 +414,7 @@ class Lake:
                 return
             self._info(name)  # raises the usual not-found error
         assert data is not None
-        ds = Dataset(root, DatasetInfo.from_json(data))
+        ds = self._open(root, DatasetInfo.from_json(data))
         head = ds._log.head()
         if head is not None and head.operation != DELETE_OPERATION:
             snaps = ds._tags.snapshots()
@@ -431,6 +440,10 @@ def connect(
     uri: str | os.PathLike[str] | None = None,
     *,
     storage_options: Mapping[str, str] | None = None,
+    archive_uri: str | os.PathLike[str] | None = None,
+    max_snapshots_per_dataset: int | None = None,
+    max_snapshots: int | None = None,
+    min_loaded_age: timedelta | None = None,
 ) -> Lake:
     """Open a lake: a local folder or an S3 prefix.
 
@@ -439,9 +452,28 @@ def connect(
             ./lakever-data.
         storage_options: deltalake-style options (AWS_ENDPOINT_URL, AWS_REGION,
             AWS_ACCESS_KEY_ID, ...). Missing ones come from the AWS environment.
+        archive_uri: where archived snapshots go (local folder or S3 prefix,
+            reached with the same storage options); default
+            $LAKEVER_ARCHIVE_URI. Without one there are no snapshot limits.
+        max_snapshots_per_dataset: materialized snapshots a dataset may have
+            before the least recently loaded is archived (default
+            $LAKEVER_MAX_SNAPSHOTS_PER_DATASET, else 20).
+        max_snapshots: the same for the whole lake (default
+            $LAKEVER_MAX_SNAPSHOTS, else 100).
+        min_loaded_age: a snapshot read more recently than this is never
+            archived automatically (default $LAKEVER_SNAPSHOT_MIN_LOADED_AGE
+            like "1d" or "12h", else one day).
 
     Example:
         >>> opts = {"AWS_REGION": "eu-west-1"}
         >>> lake = lv.connect("s3://bucket/lake", storage_options=opts)  # doctest: +SKIP
     """
-    return Lake(Location(resolve_uri(uri), dict(storage_options or {})))
+    options = dict(storage_options or {})
+    archive = settings(
+        options,
+        archive_uri=archive_uri,
+        max_snapshots_per_dataset=max_snapshots_per_dataset,
+        max_snapshots=max_snapshots,
+        min_loaded_age=min_loaded_age,
+    )
+    return Lake(Location(resolve_uri(uri), options), archive=archive)

@@ -17,7 +17,7 @@ import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -26,6 +26,14 @@ from lakever._claims import META_SEQ
 from lakever._protocol import DELETE_OPERATION, CommitRunner, Operation
 from lakever._pruned import PrunedIndex, pruned_error
 from lakever._staging import Stage
+from lakever.archive import (
+    ArchiveSettings,
+    SnapshotStates,
+    archived_sources,
+    decorate,
+    forget_archive,
+    make_room,
+)
 from lakever.commits import ChangeCounts, Commit, CommitLog, now_utc
 from lakever.dataio import DataIO
 from lakever.diff import Diff
@@ -48,6 +56,9 @@ from lakever.tags import Snapshot, TagTable
 from lakever.transaction import Transaction
 from lakever.view import TableReader, View
 
+if TYPE_CHECKING:
+    from lakever.catalog import Lake
+
 
 class Dataset(DataIO, Review, Lifecycle, TableReader):
     """A versioned dataset of frames, labels and inference sets.
@@ -56,12 +67,22 @@ class Dataset(DataIO, Review, Lifecycle, TableReader):
     past version and `transaction` to group writes.
     """
 
-    def __init__(self, root: Location, info: DatasetInfo) -> None:
+    def __init__(
+        self,
+        root: Location,
+        info: DatasetInfo,
+        *,
+        lake: Lake | None = None,
+        archive: ArchiveSettings | None = None,
+    ) -> None:
         self._dataset = self
+        self._lake = lake
+        self._archive = archive or ArchiveSettings()
         self.root = dataclasses.replace(root, scope=info.identity)
         self.info = info
         self._log = CommitLog(self.root, dataset_id=info.id, name=info.name)
         self._pruned = PrunedIndex(self.root, self._log, name=info.name)
+        self._states = SnapshotStates(self.root)
         self._tags = TagTable(self.root.child("snapshots"))
         self._runner = CommitRunner(
             self._log, self.table_location, lambda: self.head, self._confirm, edits=info.edits
@@ -515,7 +536,12 @@ class Dataset(DataIO, Review, Lifecycle, TableReader):
             commit = self._snapshot_commit(s)
             memo = (prev_commit.id, commit.id)
             if memo not in self._counts_memo:
-                d = Diff(View(self, prev_commit, prev_commit.seq), View(self, commit, s.name))
+                # an archived neighbour is read from the archive
+                prev_src = None if before is None else archived_sources(self, before)
+                d = Diff(
+                    View(self, prev_commit, prev_commit.seq, sources=prev_src),
+                    View(self, commit, s.name, sources=archived_sources(self, s)),
+                )
                 self._counts_memo[memo] = d.counts()
             out.append(
                 dataclasses.replace(
@@ -550,6 +576,7 @@ class Dataset(DataIO, Review, Lifecycle, TableReader):
         check_snapshot_name(name)
         head = self.head
         commit = head if ref is None else self.resolve(ref)
+        make_room(self)  # archives the least recently loaded snapshot if a limit says so
         snap = self._tags.create(
             name,
             commit,
@@ -574,7 +601,7 @@ class Dataset(DataIO, Review, Lifecycle, TableReader):
                 it (computed from the change feed, so they stay right when a
                 snapshot in between is deleted). False skips that work.
         """
-        snaps = self._tags.snapshots()
+        snaps = decorate(self, self._tags.snapshots())
         return self._with_changes(snaps) if changes else snaps
 
     def snapshots_frame(self) -> pl.DataFrame:
@@ -583,15 +610,17 @@ class Dataset(DataIO, Review, Lifecycle, TableReader):
 
     def snapshot(self, name: str) -> Snapshot:
         """The snapshot called `name`, with change counts; SnapshotNotFoundError if none."""
-        snaps = self._tags.snapshots()
+        snaps = decorate(self, self._tags.snapshots())
         if all(s.name != name for s in snaps):
             raise self._tags.not_found(name)
         return next(s for s in self._with_changes(snaps, only=name) if s.name == name)
 
     def delete_snapshot(self, name: str) -> None:
-        """Delete a snapshot (the data it pointed at stays in the history)."""
+        """Delete a snapshot (the data it pointed at stays in the history; an archive copy goes)."""
         self.head  # noqa: B018 - refuses a deleted dataset
+        snap = self._tags.get(name)
         self._tags.delete([name])
+        forget_archive(self, snap)
 
     # -- maintenance -------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from lakever.schema import key_column, table_kind
 
 if TYPE_CHECKING:
     from lakever.dataset import Dataset
+    from lakever.storage import Location
     from lakever.view import View
 
 GEOMETRY = ("x", "y", "w", "h")
@@ -93,24 +94,24 @@ class Diff:
                 f"table {table!r} exists on neither side of {self!r}; "
                 f"tables: {', '.join(self.tables)}"
             )
-        va = self.a.commit.table_versions.get(table)
-        vb = self.b.commit.table_versions.get(table)
-        if self._same:
-            loc = self.a.dataset.table_location(table)
-            change = _changes.table_change(loc, key, va, vb)
+        loc_a, va = _side(self.a, table)
+        loc_b, vb = _side(self.b, table)
+        if self._feed(table):
+            change = _changes.table_change(loc_a, key, va, vb)
         else:
-            change = _changes.full_change(
-                self.a.dataset.table_location(table), va,
-                self.b.dataset.table_location(table), vb, key,
-            )  # fmt: skip
+            change = _changes.full_change(loc_a, va, loc_b, vb, key)
         self._rows[table] = change
         return change
+
+    def _feed(self, table: str) -> bool:
+        """Whether both sides are versions of one table (so its change feed may serve)."""
+        return self._same and table not in self.a.sources and table not in self.b.sources
 
     def counts(self) -> dict[str, ChangeCounts]:
         """Rows added, modified and deleted per table (counted from the feed, no rows built)."""
         out = {}
         for t in self.tables:
-            if t in self._rows or not self._same:
+            if t in self._rows or not self._feed(t):
                 out[t] = _changes.counts(self.rows(t))
                 continue
             va = self.a.commit.table_versions.get(t)
@@ -205,3 +206,10 @@ def _as_view(x: View | Dataset) -> View:
     if isinstance(x, View):
         return x
     return x.at("HEAD")
+
+
+def _side(view: View, table: str) -> tuple[Location, int | None]:
+    """Where and at which version a side of a diff reads `table`."""
+    if table in view.sources:
+        return view.sources[table]
+    return view.dataset.table_location(table), view.commit.table_versions.get(table)

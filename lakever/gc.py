@@ -29,6 +29,7 @@ GC's) are kept whole, and files no log version names yet are left for an hour
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -187,6 +188,8 @@ def collect(
             where.put(record.to_json())
         _delete(plan)
         _delta.forget(ds.root.uri)
+        record = dataclasses.replace(record, finished_at=now_utc())
+        where.put(record.to_json())
         report = _report(ds, plan, keep_within, applied=True, run_id=run_id, seq=record.seq)
         _record_run(ds, report, record, author)
         return report
@@ -204,7 +207,10 @@ def _plan(
     for rec in ds._pruned.records():
         for lo, hi in rec.pruned:
             done.update(range(lo, hi + 1))
-    roots = [r for r in _roots(ds, head, commits, now - keep_within) if r["seq"] not in done]
+    # Commits pruned before stay pruned, unless a snapshot came back from the
+    # archive onto one (its files were copied back).
+    roots, archived = _roots(ds, head, commits, now - keep_within)
+    roots = [r for r in roots if r["seq"] not in done or r["reason"] in ("snapshot", "head")]
     root_seqs = {r["seq"] for r in roots}
     versions: dict[str, set[int]] = {}
     for seq in root_seqs:
@@ -221,20 +227,24 @@ def _plan(
     plan = _Plan(head, roots, kept, unreadable)
     if tables:
         for table in _table_names(ds, commits.values()):
-            plan.tables.append(_plan_table(ds, table, head, commits, kept, now))
+            plan.tables.append(_plan_table(ds, table, head, commits, kept, archived, now))
     return plan
 
 
 def _roots(
     ds: Dataset, head: Commit, commits: dict[int, Commit], since: datetime
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], set[int]]:
+    """The roots, and the commits of archived snapshots (whose log entries stay)."""
+    from lakever.archive import ARCHIVED, decorate
     from lakever.segments import frozen_commits
 
     out: list[dict[str, Any]] = [{"seq": head.seq, "reason": "head", "name": ""}]
+    snaps = [s for s in decorate(ds, ds._tags.snapshots()) if s.commit_seq <= head.seq]
+    archived = {s.commit_seq for s in snaps if s.state == ARCHIVED}
     out += [
         {"seq": s.commit_seq, "reason": "snapshot", "name": s.name}
-        for s in ds._tags.snapshots()
-        if s.commit_seq <= head.seq
+        for s in snaps
+        if s.state != ARCHIVED
     ]
     out += [
         {"seq": seq, "reason": "segment", "name": name}
@@ -257,7 +267,7 @@ def _roots(
                 pending.append(pinned)
     for r in out:
         r["commit_id"] = commits[r["seq"]].id if r["seq"] in commits else None
-    return sorted(out, key=lambda r: (r["seq"], r["reason"], r["name"]))
+    return sorted(out, key=lambda r: (r["seq"], r["reason"], r["name"])), archived
 
 
 def _table_names(ds: Dataset, commits: Iterable[Commit]) -> list[str]:
@@ -274,6 +284,7 @@ def _plan_table(
     head: Commit,
     commits: dict[int, Commit],
     kept: set[int],
+    archived: set[int],
     now: datetime,
 ) -> _gcfiles.TablePlan:
     versions = {
@@ -286,10 +297,12 @@ def _plan_table(
             continue
         a, b = commits[s].table_versions.get(table, 0), nxt.table_versions.get(table, 0)
         feed.update(range(min(a, b) + 1, max(a, b) + 1))
+    cold = [commits[s].table_versions.get(table) for s in archived if s in commits]
     return _gcfiles.plan_table(
         ds.table_location(table),
         table,
         kept=versions,
+        log_only={v for v in cold if v is not None},
         feed=feed,
         in_flight_after=head.table_versions.get(table),
         now=now,

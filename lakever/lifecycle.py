@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, cast
 import polars as pl
 
 from lakever import gc as _gc
+from lakever.archive import archive_snapshot, unarchive_snapshot
 from lakever.gc import GCReport
+from lakever.tags import Snapshot
 
 if TYPE_CHECKING:
     from lakever.dataset import Dataset
@@ -60,3 +62,26 @@ class Lifecycle:
         """
         self._ds().head  # noqa: B018 - refuses a deleted dataset
         return _gc.runs(self._ds())
+
+    def archive_snapshot(self, name: str) -> Snapshot:
+        """Copy a snapshot to the lake's archive and mark it archived.
+
+        The archive holds the snapshot as self-contained Delta tables (Spark and
+        Polars read them without lakever; on S3 the copy is server-side). After
+        this, reading the snapshot raises `SnapshotArchivedError` and GC may
+        reclaim the hot files only it needed. Needs ``archive_uri`` (or
+        ``$LAKEVER_ARCHIVE_URI``) at `connect`. Archiving an archived
+        snapshot does nothing.
+        """
+        self._ds().head  # noqa: B018 - refuses a deleted dataset
+        return archive_snapshot(self._ds(), name)
+
+    def unarchive_snapshot(self, name: str) -> Snapshot:
+        """Bring an archived snapshot back: its reads equal what they were before archiving.
+
+        Copies back the files GC reclaimed meanwhile. May archive another
+        snapshot to stay under the connection's limits (`LimitError` if none
+        may go).
+        """
+        self._ds().head  # noqa: B018 - refuses a deleted dataset
+        return unarchive_snapshot(self._ds(), name)

@@ -43,12 +43,34 @@ def resolve(ds: Dataset, ref: Ref) -> Commit:
         CommitNotFoundError: a seq or time outside the log.
         DatasetNotFoundError: the dataset was deleted.
         VersionPrunedError: garbage collection made that commit unreadable.
+        SnapshotArchivedError: the snapshot is archived (unarchive it first).
     """
     head = ds.head  # a deleted dataset resolves nothing
+    snap = _snapshot_ref(ds, ref)
+    if snap is not None:
+        # a snapshot is a root: never pruned, but maybe archived
+        from lakever.archive import check_readable
+
+        check_readable(ds, snap)
+        return snapshot_commit(ds, snap)
     commit = _resolve(ds, ref, head)
     if commit.seq != head.seq:
         ds._pruned.check(commit.seq)
     return commit
+
+
+def _snapshot_ref(ds: Dataset, ref: Ref) -> Snapshot | None:
+    """The snapshot a ref names, if it names one."""
+    if isinstance(ref, View):
+        return None
+    if isinstance(ref, Snapshot):
+        own = ds._tags.find(ref.name)
+        if own is None or own.commit_id != ref.commit_id:
+            raise _foreign(ds, ref.name, f"snapshot {ref.name!r} of commit {ref.commit_id[:12]}")
+        return own
+    if isinstance(ref, str) and ref.strip().upper() != "HEAD":
+        return ds._tags.find(ref.strip())
+    return None
 
 
 def _resolve(ds: Dataset, ref: Ref, head: Commit) -> Commit:

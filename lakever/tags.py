@@ -66,6 +66,9 @@ class Snapshot:
             (since the empty dataset for the first). Filled in by
             `Dataset.snapshot` and `Dataset.list_snapshots`, always fresh, so
             they stay right when a snapshot in between is deleted.
+        state: 'materialized' (readable), 'archived' (in cold storage: unarchive
+            it to read it) or 'restoring' (coming back).
+        last_loaded_at: when it was last read (None if never, or not filled in).
     """
 
     name: str
@@ -78,6 +81,8 @@ class Snapshot:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     previous: str | None = None
     changes: Mapping[str, ChangeCounts] | None = None
+    state: str = "materialized"
+    last_loaded_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as JSON-ready data."""
@@ -94,6 +99,10 @@ class Snapshot:
             "changes": None
             if self.changes is None
             else {t: c.to_dict() for t, c in self.changes.items()},
+            "state": self.state,
+            "last_loaded_at": None
+            if self.last_loaded_at is None
+            else self.last_loaded_at.isoformat(),
         }
 
 

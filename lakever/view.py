@@ -7,6 +7,7 @@ read-only: every write method raises `ReadOnlyError`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import polars as pl
@@ -20,6 +21,7 @@ from lakever.schema import INFERENCES_PREFIX, table_kind
 
 if TYPE_CHECKING:
     from lakever.dataset import Dataset
+    from lakever.storage import Location
 
 
 class TableReader:
@@ -172,10 +174,19 @@ class View(TableReader):
         ref: what the user asked for (snapshot name, commit id, seq or time).
     """
 
-    def __init__(self, dataset: Dataset, commit: Commit, ref: Any) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        commit: Commit,
+        ref: Any,
+        *,
+        sources: Mapping[str, tuple[Location, int]] | None = None,
+    ) -> None:
         self._dataset = dataset
         self.commit = commit
         self.ref = ref
+        # where each table is read instead of the dataset's own (an archived snapshot)
+        self.sources: Mapping[str, tuple[Location, int]] = dict(sources or {})
 
     def _reading_commit(self) -> Commit:
         return self.commit
