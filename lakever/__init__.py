@@ -9,6 +9,7 @@ Example:
     >>> ds.at("v1").read("labels")  # doctest: +SKIP
 """
 
+from lakever import archive
 from lakever.catalog import Lake, connect
 from lakever.commits import ChangeCounts, Commit
 from lakever.dataset import Dataset
@@ -54,6 +55,7 @@ from lakever.view import View
 __version__ = "0.1.0"
 
 __all__ = [
+    "archive",
     "ChangeCounts",
     "ClassChanges",
     "Commit",

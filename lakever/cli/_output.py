@@ -97,7 +97,17 @@ def snapshots_table(snaps: Sequence[Snapshot], title: str | None = None) -> None
     """Print snapshots."""
     table(
         title,
-        ["name", "commit", "seq", "created (UTC)", "creator", "changes", "description"],
+        [
+            "name",
+            "commit",
+            "seq",
+            "created (UTC)",
+            "creator",
+            "changes",
+            "state",
+            "last loaded",
+            "description",
+        ],
         [
             (
                 s.name,
@@ -106,6 +116,8 @@ def snapshots_table(snaps: Sequence[Snapshot], title: str | None = None) -> None
                 when(s.created_at),
                 s.creator,
                 _snapshot_changes(s),
+                s.state,
+                "never" if s.last_loaded_at is None else when(s.last_loaded_at),
                 s.description,
             )
             for s in snaps

@@ -488,10 +488,14 @@ def snapshot_show(
     """Show one snapshot and where its tables live."""
     ds = lv.connect(uri).dataset(dataset)
     snap = ds.snapshot(name)
-    view = ds.at(snap)
-    tables = {
-        t: {"uri": view.delta_table(t)[0], "version": view.delta_table(t)[1]} for t in view.tables
-    }
+    if snap.state == "archived":  # its tables are read from the archive
+        sources = lv.archive.archived_sources(ds, snap) or {}
+        tables = {t: {"uri": loc.uri, "version": v} for t, (loc, v) in sources.items()}
+    else:
+        view = ds.at(snap)
+        tables = {
+            t: dict(zip(("uri", "version"), view.delta_table(t), strict=True)) for t in view.tables
+        }
     if json_out:
         o.emit_json({**snap.to_dict(), "tables": tables})
         return

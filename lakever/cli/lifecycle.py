@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import timedelta
 from typing import Annotated
 
@@ -11,22 +10,15 @@ import typer
 
 import lakever as lv
 from lakever.cli import _output as o
-from lakever.cli.app import Json, Uri, Verbose, Yes, _guard, app
+from lakever.cli.app import Json, Uri, Verbose, Yes, _guard, app, snapshot_app
 from lakever.gc import human_size
-
-_SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 86400}
 
 
 def parse_span(text: str) -> timedelta:
     """'7d', '12h', '30m', '45s', '2w' (a bare number is days) as a timedelta."""
-    m = _SPAN.match(text)
-    if not m:
-        raise lv.InvalidInputError(
-            f"--keep-within must be a number with a unit s, m, h, d or w (like 7d or 12h), "
-            f"got {text!r}"
-        )
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    bare = text.strip()
+    return lv.archive.parse_span(bare + "d" if bare.replace(".", "", 1).isdigit() else bare,
+                                 what="--keep-within")  # fmt: skip
 
 
 @app.command("gc")
@@ -130,3 +122,37 @@ def gc_cmd(
             "to delete",
             markup=False,
         )
+
+
+@snapshot_app.command("archive")
+@_guard
+def snapshot_archive(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    name: Annotated[str, typer.Argument(help="Snapshot name.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Copy a snapshot to the archive (--archive-uri of connect, $LAKEVER_ARCHIVE_URI)."""
+    snap = lv.connect(uri).dataset(dataset).archive_snapshot(name)
+    if json_out:
+        o.emit_json(snap.to_dict())
+    else:
+        o.out.print(f"archived snapshot {snap.name!r} of {dataset}", markup=False)
+
+
+@snapshot_app.command("unarchive")
+@_guard
+def snapshot_unarchive(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    name: Annotated[str, typer.Argument(help="Snapshot name.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Bring an archived snapshot back so it can be read again."""
+    snap = lv.connect(uri).dataset(dataset).unarchive_snapshot(name)
+    if json_out:
+        o.emit_json(snap.to_dict())
+    else:
+        o.out.print(f"snapshot {snap.name!r} of {dataset} is readable again", markup=False)
