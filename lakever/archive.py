@@ -288,7 +288,7 @@ def archive_snapshot(ds: Dataset, name: str) -> Snapshot:
     if ds._states.state(snap)["state"] == ARCHIVED:
         return decorate(ds, [snap])[0]
     commit = ds._snapshot_commit(snap)
-    dest = where.child(ds.name, ds.info.id, _folder_name(snap))
+    dest = where.child(ds.name, ds.info.identity, _folder_name(snap))
     copied = 0
     for table, version in sorted(commit.table_versions.items()):
         copied += copy_table_version(

@@ -203,7 +203,7 @@ def _plan(
     ds: Dataset, head: Commit, now: datetime, keep_within: timedelta, *, tables: bool = True
 ) -> _Plan:
     commits = {c.seq: c for c in ds._log.list(head)}
-    done = set()
+    done: set[int] = set()
     for rec in ds._pruned.records():
         for lo, hi in rec.pruned:
             done.update(range(lo, hi + 1))

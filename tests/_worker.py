@@ -138,7 +138,9 @@ def main() -> int:
             return real_publish(self, commit)  # type: ignore[arg-type]
 
         CommitLog.publish = slow_publish  # type: ignore[method-assign]
-    lake = lv.connect(uri, storage_options=options)
+    lake = lv.connect(
+        uri, storage_options=options, archive_uri=os.environ.get("LAKEVER_TEST_ARCHIVE")
+    )
     if mode == "delete":
         say("READY")
         lake.delete_dataset(name, force=True)
@@ -160,6 +162,19 @@ def main() -> int:
             report = ds.gc(keep_within=timedelta(0), apply=True, author=writer)
             say(f"GC {i} {report.seq} {len(report.unreadable)} {report.files.height}")
             time.sleep(0.3)  # spread the runs over the writer's work
+        return 0
+    if mode == "archive-loop":  # archive and unarchive snapshot WRITER, checking its content
+        want = content_hash(ds.at(writer))
+        for i in range(int(count)):
+            ds.archive_snapshot(writer)
+            time.sleep(0.6)  # long enough for a GC run to reclaim what only it needed
+            snap = ds._tags.get(writer)
+            labels_at = ds._snapshot_commit(snap).table_versions["labels"]
+            gone = lv._delta.missing_files(ds.table_location("labels"), labels_at)
+            say(f"MISSING {len(gone)}")
+            ds.unarchive_snapshot(writer)
+            got = content_hash(ds.at(writer))
+            say(f"{'SAME' if got == want else 'DIFFERENT'} {i}")
         return 0
     if mode == "snap-writer":
         return snap_writer(ds, writer, int(count))
