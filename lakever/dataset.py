@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,33 +24,28 @@ import polars as pl
 from lakever import _changes, _delta
 from lakever._claims import META_SEQ
 from lakever._protocol import DELETE_OPERATION, CommitRunner, Operation
-from lakever._pruned import PrunedIndex, pruned_error
+from lakever._pruned import PrunedIndex
 from lakever._staging import Stage
 from lakever.archive import (
     ArchiveSettings,
     SnapshotStates,
-    archived_sources,
-    decorate,
-    forget_archive,
-    make_room,
 )
-from lakever.commits import ChangeCounts, Commit, CommitLog, now_utc
+from lakever.commits import ChangeCounts, Commit, CommitLog
 from lakever.dataio import DataIO
 from lakever.diff import Diff
 from lakever.errors import (
     DatasetNotFoundError,
     InvalidInputError,
-    SnapshotNotFoundError,
 )
 from lakever.history import history as _history
 from lakever.info import DatasetInfo, default_author
 from lakever.lifecycle import Lifecycle
-from lakever.names import check_snapshot_name
 from lakever.refs import Ref, resolve, snapshot_commit
 from lakever.repair import RepairReport
 from lakever.repair import repair as _repair
 from lakever.review import Review
 from lakever.schema import FRAMES, LABELS, empty_schema, key_column, normalize_classes, table_kind
+from lakever.snapshots import Snapshots
 from lakever.storage import Location
 from lakever.tags import Snapshot, TagTable
 from lakever.transaction import Transaction
@@ -60,7 +55,7 @@ if TYPE_CHECKING:
     from lakever.catalog import Lake
 
 
-class Dataset(DataIO, Review, Lifecycle, TableReader):
+class Dataset(DataIO, Review, Lifecycle, Snapshots, TableReader):
     """A versioned dataset of frames, labels and inference sets.
 
     Reads go to HEAD; each write method is one atomic commit. Use `at` for any
@@ -502,18 +497,6 @@ class Dataset(DataIO, Review, Lifecycle, TableReader):
         """
         return Diff(self.at(a), self.at("HEAD" if b is None else b))
 
-    def changes_since_snapshot(self, name: str | None = None) -> Diff:
-        """What changed from a snapshot (default: the latest one) to HEAD, like `git status`."""
-        if name is None:
-            snaps = self._tags.snapshots()
-            if not snaps:
-                raise SnapshotNotFoundError(
-                    f"dataset {self.name!r} has no snapshots yet; create one with "
-                    "ds.create_snapshot() or `lakever snapshot create`"
-                )
-            name = snaps[-1].name
-        return self.diff(name)
-
     def history(self, *, frame_id: str | None = None, label_id: str | None = None) -> pl.DataFrame:
         """Every version of a frame and its labels, or of one label, oldest first.
 
@@ -523,104 +506,6 @@ class Dataset(DataIO, Review, Lifecycle, TableReader):
             (columns), and the row before and after as JSON.
         """
         return _history(self, frame_id=frame_id, label_id=label_id)
-
-    def _with_changes(self, snaps: list[Snapshot], only: str | None = None) -> list[Snapshot]:
-        """Attach change counts against the snapshot before each (or only to `only`)."""
-        out = []
-        for i, s in enumerate(snaps):
-            if only is not None and s.name != only:
-                out.append(s)
-                continue
-            before = snaps[i - 1] if i else None
-            prev_commit = self._log.get(0) if before is None else self._snapshot_commit(before)
-            commit = self._snapshot_commit(s)
-            memo = (prev_commit.id, commit.id)
-            if memo not in self._counts_memo:
-                # an archived neighbour is read from the archive
-                prev_src = None if before is None else archived_sources(self, before)
-                d = Diff(
-                    View(self, prev_commit, prev_commit.seq, sources=prev_src),
-                    View(self, commit, s.name, sources=archived_sources(self, s)),
-                )
-                self._counts_memo[memo] = d.counts()
-            out.append(
-                dataclasses.replace(
-                    s,
-                    previous=None if before is None else before.name,
-                    changes=self._counts_memo[memo],
-                )
-            )
-        return out
-
-    # -- snapshots ---------------------------------------------------------------------
-
-    def create_snapshot(
-        self,
-        name: str | None = None,
-        *,
-        ref: Ref | None = None,
-        description: str = "",
-        metadata: Mapping[str, Any] | None = None,
-        creator: str | None = None,
-    ) -> Snapshot:
-        """Freeze a named, read-only snapshot of HEAD (or of `ref`).
-
-        Costs one small row in the tag table: no data is copied.
-
-        Raises:
-            SnapshotExistsError: the name is taken.
-        """
-        created = now_utc()
-        if name is None:
-            name = f"snapshot {created.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
-        check_snapshot_name(name)
-        head = self.head
-        commit = head if ref is None else self.resolve(ref)
-        make_room(self)  # archives the least recently loaded snapshot if a limit says so
-        snap = self._tags.create(
-            name,
-            commit,
-            description=description,
-            creator=creator or default_author(),
-            created_at=created,
-            metadata=metadata or {},
-        )
-        # A GC that published after HEAD was read sees this snapshot when it
-        # reads the roots again, unless its record named the commit first.
-        gc = self._pruned.pruned_by(commit.seq, after=head.seq)
-        if gc is not None:
-            self._tags.delete([name])
-            raise pruned_error(self.name, commit.seq, gc)
-        return snap
-
-    def list_snapshots(self, *, changes: bool = True) -> list[Snapshot]:
-        """Every snapshot, oldest first.
-
-        Args:
-            changes: attach each snapshot's change counts against the one before
-                it (computed from the change feed, so they stay right when a
-                snapshot in between is deleted). False skips that work.
-        """
-        snaps = decorate(self, self._tags.snapshots())
-        return self._with_changes(snaps) if changes else snaps
-
-    def snapshots_frame(self) -> pl.DataFrame:
-        """The tag table as a Polars DataFrame (what Spark or Polars jobs read)."""
-        return self._tags.frame()
-
-    def snapshot(self, name: str) -> Snapshot:
-        """The snapshot called `name`, with change counts; SnapshotNotFoundError if none."""
-        snaps = decorate(self, self._tags.snapshots())
-        if all(s.name != name for s in snaps):
-            raise self._tags.not_found(name)
-        return next(s for s in self._with_changes(snaps, only=name) if s.name == name)
-
-    def delete_snapshot(self, name: str) -> None:
-        """Delete a snapshot (the data it pointed at stays in the history; an archive copy goes)."""
-        self.head  # noqa: B018 - refuses a deleted dataset
-        snap = self._tags.get(name)
-        self._tags.delete([name])
-        forget_archive(self, snap)
 
     # -- maintenance -------------------------------------------------------------------
 
