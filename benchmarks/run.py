@@ -5,6 +5,8 @@ python benchmarks/run.py --quick         # small sizes, a smoke run
 python benchmarks/run.py --only core   # or --only diff, --only edits (1M and 5M labels),
                                        # --only ingest (streaming 1M labels, COCO 1M boxes),
                                        # --only review (evaluation vs pycocotools, segments)
+                                       # --only lifecycle (GC after 100 edits at 5M labels,
+                                       #   GC of 10k files local and S3, archiving)
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import deltalake
 import polars as pl
 
 import lakever
-from benchmarks import bench_core, bench_diff, bench_edits, bench_ingest, bench_review
+from benchmarks import (
+    bench_core,
+    bench_diff,
+    bench_edits,
+    bench_ingest,
+    bench_lifecycle,
+    bench_review,
+)
 from benchmarks._common import save
 
 
@@ -34,7 +43,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument(
         "--only",
-        choices=["core", "diff", "edits", "ingest", "review"],
+        choices=["core", "diff", "edits", "ingest", "review", "lifecycle"],
         action="append",
         help="run only these suites",
     )
@@ -42,7 +51,7 @@ def main() -> int:
         "--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)"
     )
     args = parser.parse_args()
-    suites = args.only or ["core", "diff", "edits", "ingest", "review"]
+    suites = args.only or ["core", "diff", "edits", "ingest", "review", "lifecycle"]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lakever-bench-"))
     header = (
         f"# lakever benchmarks ({'quick' if args.quick else 'full'})\n\n"
@@ -73,6 +82,14 @@ def main() -> int:
                 n_labels=50_000 if args.quick else 5_000_000,
                 elements=1_000 if args.quick else 10_000,
                 commits=10 if args.quick else 100,
+            )
+        elif suite == "lifecycle":
+            sections = bench_lifecycle.run(
+                work,
+                n_labels=100_000 if args.quick else 5_000_000,
+                edits=20 if args.quick else 100,
+                n_files=1_000 if args.quick else 10_000,
+                s3=True,
             )
         elif suite == "edits":
             sizes = [100_000] if args.quick else [1_000_000, 5_000_000]
