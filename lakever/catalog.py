@@ -434,6 +434,8 @@ class Lake:
         records.remove_many([records.child(n) for n in done[-1:]])
         root.remove_tree()
         _delta.forget(root.uri)
+        if self.archive.location is not None:  # its archived snapshots go too
+            self.archive.location.child(name, ds.info.identity).remove_tree()
 
 
 def connect(

@@ -35,7 +35,10 @@ class Snapshots:
         return cast("Dataset", self)
 
     def changes_since_snapshot(self, name: str | None = None) -> Diff:
-        """What changed from a snapshot (default: the latest one) to HEAD, like `git status`."""
+        """What changed from a snapshot (default: the latest one) to HEAD, like `git status`.
+
+        An archived snapshot is read from its archive copy.
+        """
         ds = self._ds()
         if name is None:
             snaps = ds._tags.snapshots()
@@ -45,7 +48,12 @@ class Snapshots:
                     "ds.create_snapshot() or `lakever snapshot create`"
                 )
             name = snaps[-1].name
-        return ds.diff(name)
+        snap = ds._tags.get(name)
+        sources = archived_sources(ds, snap)
+        if sources is None:
+            return ds.diff(name)
+        # an archived snapshot is compared from its archive copy
+        return Diff(View(ds, ds._snapshot_commit(snap), name, sources=sources), ds.at("HEAD"))
 
     def _with_changes(self, snaps: list[Snapshot], only: str | None = None) -> list[Snapshot]:
         """Attach change counts against the snapshot before each (or only to `only`)."""

@@ -163,6 +163,9 @@ _WRITE_METHODS = (
     "import_coco",
     "import_coco_results",
     "import_yolo",
+    "gc",
+    "archive_snapshot",
+    "unarchive_snapshot",
 )
 
 

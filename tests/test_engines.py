@@ -165,3 +165,32 @@ def test_dask_ignores_vectors_so_dask_needs_copy_on_write(local_lake: lv.Lake) -
     assert rows == want
     rows, want = results["merge-on-read"]
     assert rows > want  # deleted and superseded rows come back
+
+
+def test_archived_snapshot_reads_in_spark_duckdb_and_polars_without_lakever(
+    local_lake: lv.Lake, spark: object, tmp_path: object
+) -> None:
+    """The archive copy of a snapshot with deletion vectors is a plain Delta table."""
+    duckdb = pytest.importorskip("duckdb")
+    ext_pkg = pytest.importorskip("duckdb_extension_delta")
+    import glob
+    import os
+
+    lake = lv.connect(local_lake.uri, archive_uri=f"{tmp_path}/cold")
+    ds, expected = edited(lake)
+    ds.create_snapshot("edited")
+    snap = ds.archive_snapshot("edited")
+    sources = lv.archive.archived_sources(ds, snap)
+    assert sources is not None
+    uri = sources["labels"][0].uri
+    want = list(expected.select("label_id", "cls").iter_rows())
+    assert pl.read_delta(uri).sort("label_id").equals(expected)
+    df = spark.read.format("delta").load(uri)  # type: ignore[attr-defined]
+    assert sorted((r["label_id"], r["cls"]) for r in df.select("label_id", "cls").collect()) == want
+    (ext,) = glob.glob(
+        os.path.join(os.path.dirname(ext_pkg.__file__), "extensions", "*", "delta.duckdb_extension")
+    )
+    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    con.execute(f"LOAD '{ext}'")
+    got = con.execute(f"SELECT label_id, cls FROM delta_scan('{uri}') ORDER BY label_id").fetchall()
+    assert got == want

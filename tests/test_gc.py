@@ -248,3 +248,60 @@ def test_gc_racing_writers_snapshots_reverts_and_another_gc(lake: lv.Lake) -> No
     assert content_hash(ds) and ds.gc(keep_within=ZERO, apply=True).applied
     for name, hashes in made.items():
         assert content_hash(ds.at(name)) == hashes, name
+
+
+def test_snapshot_of_a_commit_pruned_meanwhile_is_withdrawn(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GC publishes between a snapshot's check of its ref and its write: the
+    snapshot is withdrawn and the error names the run (interleaving forced)."""
+    ds = _edited(local_lake, rounds=3)
+    victim = ds.head.seq - 1
+    real = lv.tags.TagTable.create
+    ran: list[lv.GCReport] = []
+
+    def gc_first(self: lv.tags.TagTable, *args: object, **kwargs: object) -> lv.Snapshot:
+        if not ran:
+            ds.upsert_labels(labels(["f001"], per_frame=1, cls="truck"))  # victim is no root
+            ran.append(local_lake.dataset("d").gc(keep_within=ZERO, apply=True))
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lv.tags.TagTable, "create", gc_first)
+    with pytest.raises(lv.VersionPrunedError) as err:
+        ds.create_snapshot("late", ref=victim)
+    assert victim in ran[0].unreadable and err.value.gc_seq == ran[0].seq
+    assert "late" not in {s.name for s in ds.list_snapshots(changes=False)}
+
+
+def test_segment_add_racing_gc_is_taken_back(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = _edited(local_lake, rounds=3)  # HEAD is no snapshot's commit
+    seg = ds.create_segment("s")
+    real = lv.segments._lookup
+    ran: list[lv.GCReport] = []
+
+    def gc_first(*args: object, **kwargs: object) -> pl.DataFrame:
+        out = real(*args, **kwargs)  # type: ignore[arg-type]
+        if not ran:  # HEAD was read: now it moves on and a GC prunes it
+            ds.upsert_labels(labels(["f003"], per_frame=1, cls="truck"))
+            ran.append(local_lake.dataset("d").gc(keep_within=ZERO, apply=True))
+        return out
+
+    monkeypatch.setattr(lv.segments, "_lookup", gc_first)
+    with pytest.raises(lv.VersionPrunedError):
+        seg.add(label_ids=["f001-l0"])
+    assert seg.elements().is_empty()
+    monkeypatch.setattr(lv.segments, "_lookup", real)
+    assert seg.add(label_ids=["f001-l0"]) == 1  # at the new HEAD it works
+
+
+def test_status_against_an_archived_snapshot(local_lake: lv.Lake, tmp_path: Path) -> None:
+    lake = lv.connect(local_lake.uri, archive_uri=str(tmp_path / "cold"))
+    ds = _edited(lake, rounds=2)
+    want = ds.changes_since_snapshot("s0").counts()
+    ds.archive_snapshot("s0")
+    ds.gc(keep_within=ZERO, apply=True)
+    assert lake.dataset("d").changes_since_snapshot("s0").counts() == want
+    lake.delete_dataset("d", force=True)
+    assert not (tmp_path / "cold" / "d").exists() or not any((tmp_path / "cold" / "d").iterdir())
