@@ -131,7 +131,8 @@ class PrunedIndex:
             except (ValueError, KeyError, TypeError):
                 continue
             if unfinished:
-                if rec.finished_at is None:
+                # a run whose seq another commit took lost and stopped
+                if rec.finished_at is None and not self._lost(n, rec):
                     out.append(rec)
             elif self._is_confirmed(n, rec):
                 out.append(rec)
@@ -152,6 +153,13 @@ class PrunedIndex:
         if commit is not None:
             self._confirmed[name] = ok  # a published seq never changes hands
         return ok
+
+    def _lost(self, name: str, rec: GCRecord) -> bool:
+        try:
+            published = self._log._fetch(rec.seq) is not None
+        except Exception:
+            return False
+        return published and not self._is_confirmed(name, rec)
 
     def pruned_by(self, seq: int, *, after: int = -1) -> GCRecord | None:
         """The run that pruned commit `seq`, if one did."""
