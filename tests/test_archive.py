@@ -207,7 +207,7 @@ def test_cli_archive_and_unarchive(local_lake: lv.Lake, tmp_path: Path) -> None:
 def test_unarchive_racing_gc(lake: lv.Lake, tmp_path: Path) -> None:
     """A process archives and unarchives a snapshot over and over while another runs GC
     (keeping nothing but roots): every time it comes back, it reads as it did."""
-    from tests.test_crash_and_concurrency import spawn, wait_ready
+    from tests.test_crash_and_concurrency import finish, spawn
 
     ds = _three_snapshots(lake)
     want = {n: content_hash(ds.at(n)) for n in "abc"}
@@ -217,13 +217,7 @@ def test_unarchive_racing_gc(lake: lv.Lake, tmp_path: Path) -> None:
         spawn("archive-loop", lake.uri, "d", "b", 6, opts, **env),
         spawn("gc-loop", lake.uri, "d", "gc", 12, opts, **env),
     ]
-    for p in procs:
-        wait_ready(p)
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=900)
-        assert p.returncode == 0, err[-3000:]
-        outs.append(out)
+    outs = finish(procs)
     assert outs[0].split().count("SAME") == 6, outs[0]
     missing = [int(line.split()[1]) for line in outs[0].splitlines() if line.startswith("MISSING")]
     assert sum(missing) > 0  # GC did reclaim the archived snapshot's files meanwhile

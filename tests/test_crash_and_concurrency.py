@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +39,25 @@ def wait_ready(proc: subprocess.Popen[str]) -> None:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.strip() == "READY", (line, proc.stderr.read() if proc.stderr else "")
+
+
+def finish(procs: list[subprocess.Popen[str]], timeout: float = 900) -> list[str]:
+    """Wait for every worker (each must have said READY); their outputs, in order."""
+    for p in procs:
+        wait_ready(p)
+    outs = []
+    for p in procs:
+        # read through the same buffered stream as wait_ready: communicate() reads the
+        # raw pipe and would lose lines that arrived with READY
+        assert p.stdout is not None and p.stderr is not None
+        errs: list[str] = []
+        drain = threading.Thread(target=lambda p=p, errs=errs: errs.append(p.stderr.read()))
+        drain.start()
+        out = p.stdout.read()
+        drain.join(timeout)
+        assert p.wait(timeout) == 0, "".join(errs)[-3000:]
+        outs.append(out)
+    return outs
 
 
 def base_dataset(lake: lv.Lake) -> lv.Dataset:

@@ -124,6 +124,17 @@ def gc_cmd(
         )
 
 
+def _move(dataset: str, name: str, uri: str | None, json_out: bool, *, back: bool) -> None:
+    ds = lv.connect(uri).dataset(dataset)
+    snap = ds.unarchive_snapshot(name) if back else ds.archive_snapshot(name)
+    if json_out:
+        o.emit_json(snap.to_dict())
+    elif back:
+        o.out.print(f"snapshot {snap.name!r} of {dataset} is readable again", markup=False)
+    else:
+        o.out.print(f"archived snapshot {snap.name!r} of {dataset}", markup=False)
+
+
 @snapshot_app.command("archive")
 @_guard
 def snapshot_archive(
@@ -133,12 +144,8 @@ def snapshot_archive(
     json_out: Json = False,
     verbose: Verbose = False,
 ) -> None:
-    """Copy a snapshot to the archive (--archive-uri of connect, $LAKEVER_ARCHIVE_URI)."""
-    snap = lv.connect(uri).dataset(dataset).archive_snapshot(name)
-    if json_out:
-        o.emit_json(snap.to_dict())
-    else:
-        o.out.print(f"archived snapshot {snap.name!r} of {dataset}", markup=False)
+    """Copy a snapshot to the archive ($LAKEVER_ARCHIVE_URI) and mark it archived."""
+    _move(dataset, name, uri, json_out, back=False)
 
 
 @snapshot_app.command("unarchive")
@@ -151,8 +158,4 @@ def snapshot_unarchive(
     verbose: Verbose = False,
 ) -> None:
     """Bring an archived snapshot back so it can be read again."""
-    snap = lv.connect(uri).dataset(dataset).unarchive_snapshot(name)
-    if json_out:
-        o.emit_json(snap.to_dict())
-    else:
-        o.out.print(f"snapshot {snap.name!r} of {dataset} is readable again", markup=False)
+    _move(dataset, name, uri, json_out, back=True)
