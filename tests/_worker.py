@@ -100,10 +100,13 @@ def snap_writer(ds: lv.Dataset, writer: str, count: int) -> int:
         with ds.transaction(message=f"{writer} {i}") as tx:
             tx.upsert_frames(frames(fids))
             tx.upsert_labels(labels(fids, per_frame=2, x=float(i)))
+        # a second edit no snapshot keeps: garbage for the racing GC
+        fixed = ds.upsert_labels(labels(fids, per_frame=2, x=float(i) + 0.5))
+        say(f"ACK {fixed.seq} {fixed.id}")
         assert tx.result is not None
         say(f"ACK {tx.result.seq} {tx.result.id}")
         name = f"{writer}-s{i}"
-        ref = tx.result.seq if i % 3 else max(0, tx.result.seq - 2)
+        ref = fixed.seq if i % 3 else max(0, fixed.seq - 3)
         try:
             snap = ds.create_snapshot(name, ref=ref)
         except lv.VersionPrunedError:
@@ -158,6 +161,10 @@ def main() -> int:
     if mode == "gc-loop":
         from datetime import timedelta
 
+        start_at = int(os.environ.get("LAKEVER_TEST_GC_AFTER_SEQ", "0"))
+        deadline = time.monotonic() + 120
+        while ds.head.seq < start_at and time.monotonic() < deadline:
+            time.sleep(0.05)  # let the racing writer get going first
         for i in range(int(count)):
             report = ds.gc(keep_within=timedelta(0), apply=True, author=writer)
             say(f"GC {i} {report.seq} {len(report.unreadable)} {report.files.height}")

@@ -218,7 +218,10 @@ def test_gc_racing_writers_snapshots_reverts_and_another_gc(lake: lv.Lake) -> No
     ds.add_frames(frames(["base"]))
     opts = dict(lake.root.options)
     procs = [spawn("snap-writer", lake.uri, "race", "w", 12, opts)]
-    procs += [spawn("gc-loop", lake.uri, "race", f"gc{k}", 8, opts) for k in range(2)]
+    procs += [
+        spawn("gc-loop", lake.uri, "race", f"gc{k}", 8, opts, LAKEVER_TEST_GC_AFTER_SEQ="5")
+        for k in range(2)
+    ]
     outs = finish(procs)
     writer_out = outs[0].splitlines()
     gc_lines = [line for out in outs[1:] for line in out.splitlines() if line.startswith("GC")]
