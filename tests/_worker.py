@@ -165,16 +165,25 @@ def main() -> int:
         deadline = time.monotonic() + 120
         while ds.head.seq < start_at and time.monotonic() < deadline:
             time.sleep(0.05)  # let the racing writer get going first
+        stop = os.environ.get("LAKEVER_TEST_STOP_FILE")
         for i in range(int(count)):
+            if stop and Path(stop).exists():
+                break
             report = ds.gc(keep_within=timedelta(0), apply=True, author=writer)
             say(f"GC {i} {report.seq} {len(report.unreadable)} {report.files.height}")
-            time.sleep(0.3)  # spread the runs over the writer's work
+            time.sleep(float(os.environ.get("LAKEVER_TEST_GC_PAUSE", "0.3")))  # spread the runs
         return 0
     if mode == "archive-loop":  # archive and unarchive snapshot WRITER, checking its content
         want = content_hash(ds.at(writer))
         for i in range(int(count)):
             ds.archive_snapshot(writer)
-            time.sleep(0.6)  # long enough for a GC run to reclaim what only it needed
+            archived_at = lv.commits.now_utc()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not any(  # a whole GC run while archived
+                r.finished_at is not None and r.created_at > archived_at
+                for r in ds._pruned.records(after=ds.head.seq - 50)
+            ):
+                time.sleep(0.05)
             snap = ds._tags.get(writer)
             labels_at = ds._snapshot_commit(snap).table_versions["labels"]
             gone = lv._delta.missing_files(ds.table_location("labels"), labels_at)

@@ -207,18 +207,20 @@ def test_cli_archive_and_unarchive(local_lake: lv.Lake, tmp_path: Path) -> None:
 def test_unarchive_racing_gc(lake: lv.Lake, tmp_path: Path) -> None:
     """A process archives and unarchives a snapshot over and over while another runs GC
     (keeping nothing but roots): every time it comes back, it reads as it did."""
-    from tests.test_crash_and_concurrency import finish, spawn
+    from tests.test_crash_and_concurrency import finish, spawn, wait_ready
 
     ds = _three_snapshots(lake)
     want = {n: content_hash(ds.at(n)) for n in "abc"}
     opts = dict(lake.root.options)
-    env = {"LAKEVER_TEST_ARCHIVE": _cold(lake, tmp_path)}
-    procs = [
-        spawn("archive-loop", lake.uri, "d", "b", 6, opts, **env),
-        spawn("gc-loop", lake.uri, "d", "gc", 12, opts, **env),
-    ]
-    outs = finish(procs)
-    assert outs[0].split().count("SAME") == 6, outs[0]
+    stop = tmp_path / "stop"
+    env = {"LAKEVER_TEST_ARCHIVE": _cold(lake, tmp_path), "LAKEVER_TEST_STOP_FILE": str(stop)}
+    mover = spawn("archive-loop", lake.uri, "d", "b", 5, opts, **env)
+    collector = spawn("gc-loop", lake.uri, "d", "gc", 1000, opts, **env)
+    wait_ready(collector)
+    outs = finish([mover])
+    stop.touch()
+    finish([collector], ready=True)
+    assert outs[0].split().count("SAME") == 5, outs[0]
     missing = [int(line.split()[1]) for line in outs[0].splitlines() if line.startswith("MISSING")]
     assert sum(missing) > 0  # GC did reclaim the archived snapshot's files meanwhile
     assert {n: content_hash(ds.at(n)) for n in "abc"} == want

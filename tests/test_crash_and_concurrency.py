@@ -41,10 +41,13 @@ def wait_ready(proc: subprocess.Popen[str]) -> None:
     assert line.strip() == "READY", (line, proc.stderr.read() if proc.stderr else "")
 
 
-def finish(procs: list[subprocess.Popen[str]], timeout: float = 900) -> list[str]:
-    """Wait for every worker (each must have said READY); their outputs, in order."""
+def finish(
+    procs: list[subprocess.Popen[str]], timeout: float = 900, *, ready: bool = False
+) -> list[str]:
+    """Wait for every worker to exit 0 (first for its READY unless `ready`); their outputs."""
     for p in procs:
-        wait_ready(p)
+        if not ready:
+            wait_ready(p)
     outs = []
     for p in procs:
         # read through the same buffered stream as wait_ready: communicate() reads the
