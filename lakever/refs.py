@@ -80,11 +80,6 @@ def _resolve(ds: Dataset, ref: Ref, head: Commit) -> Commit:
         return _resolve(ds, ref.commit, head)
     if isinstance(ref, Commit):
         return _own_commit(ds, ref)
-    if isinstance(ref, Snapshot):
-        own = ds._tags.find(ref.name)
-        if own is None or own.commit_id != ref.commit_id:
-            raise _foreign(ds, ref.name, f"snapshot {ref.name!r} of commit {ref.commit_id[:12]}")
-        return snapshot_commit(ds, own)
     if isinstance(ref, bool):
         raise InvalidRefError(f"{ref!r} is not a ref: give a commit seq, id, snapshot or time")
     if isinstance(ref, numbers.Integral):
@@ -103,12 +98,9 @@ def _resolve(ds: Dataset, ref: Ref, head: Commit) -> Commit:
 
 
 def _resolve_text(ds: Dataset, ref: str, head: Commit) -> Commit:
-    text = ref.strip()
+    text = ref.strip()  # not a snapshot name: `resolve` looked for one first
     if text.upper() == "HEAD":
         return head
-    snap = ds._tags.find(text)
-    if snap is not None:
-        return snapshot_commit(ds, snap)
     if text.isascii() and text.isdigit():
         try:
             return ds._log.get(int(text))
