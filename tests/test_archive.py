@@ -224,3 +224,34 @@ def test_unarchive_racing_gc(lake: lv.Lake, tmp_path: Path) -> None:
     missing = [int(line.split()[1]) for line in outs[0].splitlines() if line.startswith("MISSING")]
     assert sum(missing) > 0  # GC did reclaim the archived snapshot's files meanwhile
     assert {n: content_hash(ds.at(n)) for n in "abc"} == want
+
+
+def test_archive_and_unarchive_failing_midway_are_retried(
+    local_lake: lv.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = _lake(local_lake, str(tmp_path / "cold"))
+    ds = _three_snapshots(lake)
+    want = content_hash(ds.at("b"))
+    real = lv.archive._copy
+    calls: list[int] = []
+
+    def flaky(src: object, dst: object) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise lv.StorageError("injected: copy failed")
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lv.archive, "_copy", flaky)
+    with pytest.raises(lv.StorageError, match="injected"):
+        ds.archive_snapshot("b")
+    assert ds.snapshot("b").state == "materialized" and content_hash(ds.at("b")) == want
+    assert ds.archive_snapshot("b").state == "archived"  # the retry overwrites the partial copy
+    ds.gc(keep_within=timedelta(0), apply=True)
+    calls.clear()
+    with pytest.raises(lv.StorageError, match="injected"):
+        ds.unarchive_snapshot("b")
+    assert ds.snapshot("b").state == "restoring"
+    assert ds.gc(keep_within=timedelta(0)).roots.filter(pl.col("name") == "b").height == 1
+    monkeypatch.setattr(lv.archive, "_copy", real)
+    assert ds.unarchive_snapshot("b").state == "materialized"
+    assert content_hash(ds.at("b")) == want

@@ -308,3 +308,57 @@ def test_status_against_an_archived_snapshot(local_lake: lv.Lake, tmp_path: Path
     assert lake.dataset("d").changes_since_snapshot("s0").counts() == want
     lake.delete_dataset("d", force=True)
     assert not (tmp_path / "cold" / "d").exists() or not any((tmp_path / "cold" / "d").iterdir())
+
+
+def test_gc_failing_midway_leaves_roots_intact_and_a_rerun_finishes(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store errors on the second batch of deletions: nothing a root needs is gone,
+    and running GC again finishes the job."""
+    ds = _edited(local_lake)
+    want = _hashes(ds, ["s0", "s-mid", "HEAD"])
+    plan = ds.gc(keep_within=ZERO)
+    real = lv.storage.Location.remove_many
+    calls: list[int] = []
+
+    def flaky(self: lv.storage.Location, locations: list[lv.storage.Location]) -> None:
+        calls.append(len(locations))
+        if len(calls) == 2:
+            raise lv.StorageError(f"injected: cannot delete objects under {self.uri}")
+        real(self, locations)
+
+    monkeypatch.setattr(lv.storage.Location, "remove_many", flaky)
+    with pytest.raises(lv.StorageError, match="injected"):
+        ds.gc(keep_within=ZERO, apply=True)
+    monkeypatch.setattr(lv.storage.Location, "remove_many", real)
+    assert _hashes(ds, ["s0", "s-mid", "HEAD"]) == want
+    with pytest.raises(lv.VersionPrunedError):  # the run's commit published: they are pruned
+        ds.at(plan.unreadable[-1])
+    again = ds.gc(keep_within=ZERO, apply=True)
+    assert again.files.height > 0 and _hashes(ds, ["s0", "s-mid", "HEAD"]) == want
+    assert ds.gc(keep_within=ZERO).files.height == 0
+    ds.upsert_labels(labels(["f001"], per_frame=1, cls="truck"))  # still writable
+
+
+@pytest.mark.slow
+def test_gc_killed_at_random_points_is_finished_by_the_next_run(local_lake: lv.Lake) -> None:
+    import random
+    import signal
+
+    from tests.test_crash_and_concurrency import spawn, wait_ready
+
+    ds = _edited(local_lake, rounds=8)
+    refs: list[str | int] = ["s0", "s-mid", "HEAD"]
+    want = _hashes(ds, refs)
+    rng = random.Random(5)
+    for _ in range(6):
+        ds.upsert_labels(labels([f"f{rng.randrange(40):03d}"], per_frame=1, cls="truck"))
+        want["HEAD"] = content_hash(ds)
+        proc = spawn("gc-loop", local_lake.uri, "d", "gc", 1, {}, LAKEVER_TEST_GC_PAUSE="0")
+        wait_ready(proc)
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        assert _hashes(ds, refs) == want
+    ds.gc(keep_within=ZERO, apply=True)
+    assert ds.gc(keep_within=ZERO).files.height == 0 and _hashes(ds, refs) == want
