@@ -245,12 +245,14 @@ def _live_paths(files: _deltalog.TableFiles) -> list[str]:
 
 
 def copy_table_version(src: Location, version: int, dst: Location) -> int:
-    """Copy one table version to `dst` as a self-contained one-commit Delta table; bytes copied."""
+    """Copy one table version to `dst` as a self-contained one-commit Delta table.
+
+    Returns the data bytes copied, from the log's file sizes (no request per file).
+    """
     files = _deltalog.files_at(src, version)
-    copied = 0
     for rel in _live_paths(files):
         _copy(src.child(rel), dst.child(rel))
-        copied += int(src.child(rel).fs.size(src.child(rel).path) or 0)
+    copied = sum(int(add.get("size") or 0) for add in files.adds.values())
     proto = _delta.open_at(src, version).protocol()
     protocol: dict[str, Any] = {
         "minReaderVersion": proto.min_reader_version,
