@@ -196,7 +196,7 @@ def table_counts(
     """Rows added, modified and deleted between two versions, without building the rows.
 
     The same netting as `table_change` (first before-image against last
-    after-image per key), but only flags and one equality test per key.
+    after-image per key), from one aggregation by key and a hash of each event.
     """
     start = ABSENT if version_a is None else version_a
     end = ABSENT if version_b is None else version_b
@@ -212,41 +212,60 @@ def table_counts(
         return counts(table_change(loc, key, version_a, version_b))
     if events.is_empty():
         return ChangeCounts()
-    columns = [c for c in events.columns if c not in _CDF_META]
-    others = [c for c in columns if c != key]
-    # One sort by (key, version, before-image first); the first and last event
-    # of each key then sit at the key's boundaries, aligned row for row.
-    order = pl.col("_commit_version") * 2 + pl.when(
-        pl.col("_change_type").is_in(_BEFORE_IMAGES)
-    ).then(0).otherwise(1)
-    # (an integer sort, then a stable sort on the key alone, is 1.5x faster
-    # than one sort on both)
-    ranked = events.select(*columns, order.alias("__ord")).sort("__ord")
-    ranked = ranked.sort(key, maintain_order=True)
-    k = pl.col(key)
-    starts = ranked.select(k.ne_missing(k.shift(1)).alias("s")).to_series()
-    ends = starts.shift(-1, fill_value=True)
-    first = ranked.filter(starts)
-    last = ranked.filter(ends)
-    paired = first.select(
-        (pl.col("__ord") % 2 == 0).alias("__b"),
-        *[pl.col(c).alias(f"{c}__before") for c in others],
-    ).hstack(last.select((pl.col("__ord") % 2 == 1).alias("__a"), *others))
-    same = pl.all_horizontal(
-        [pl.col(f"{c}__before").eq_missing(pl.col(c)) for c in others] or [pl.lit(True)]
-    )
-    b, a = pl.col("__b"), pl.col("__a")
-    row = paired.select(
-        (a & ~b).sum().alias("added"),
-        (b & ~a).sum().alias("deleted"),
-        (a & b & ~same).sum().alias("modified"),
-    ).row(0, named=True)
+    others = [c for c in events.columns if c not in _CDF_META and c != key]
+    row = _net_counts(events, key, others)
     out = ChangeCounts(
         added=int(row["added"]), modified=int(row["modified"]), deleted=int(row["deleted"])
     )
     if start > end:  # seen from the other side
         out = ChangeCounts(added=out.deleted, modified=out.modified, deleted=out.added)
     return out
+
+
+def _net_counts(events: pl.DataFrame, key: str, others: list[str]) -> dict[str, int]:
+    """Rows added, deleted and modified in feed events, netted per key, with no sort by key.
+
+    Sorted by (version, before-image first) rank, a small integer, the
+    first and last event of each key come out of one hash aggregation by
+    key. Content is compared by a hash of each event's other columns:
+    a different hash is a different row (Polars hashes -0.0 like 0.0 and
+    every NaN alike, as `eq_missing` compares them). Pairs whose hashes agree
+    are compared column by column, so a hash collision cannot hide a change.
+    """
+    rank = pl.col("_commit_version") * 2 + (~pl.col("_change_type").is_in(_BEFORE_IMAGES)).cast(
+        pl.Int64
+    )
+    content = events.select(others).hash_rows() if others else pl.lit(0, dtype=pl.UInt64)
+    o, h, i = pl.col("__ord"), pl.col("__hash"), pl.col("__row")
+    ends = (
+        events.select(pl.col(key), rank.alias("__ord"), pl.lit(content).alias("__hash"))
+        .with_row_index("__row")
+        .sort("__ord")
+        .group_by(key)
+        .agg(
+            o.first().alias("first"),
+            o.last().alias("last"),
+            h.first().alias("first_hash"),
+            h.last().alias("last_hash"),
+            i.first().alias("first_row"),
+            i.last().alias("last_row"),
+        )
+    )
+    before = pl.col("first") % 2 == 0  # the key existed at the start
+    after = pl.col("last") % 2 == 1  # and exists at the end
+    same_hash = pl.col("first_hash") == pl.col("last_hash")
+    row = ends.select(
+        (after & ~before).sum().alias("added"),
+        (before & ~after).sum().alias("deleted"),
+        (after & before & ~same_hash).sum().alias("modified"),
+    ).row(0, named=True)
+    check = ends.filter(after & before & same_hash)
+    if others and check.height:
+        first = events.select(others)[check["first_row"]]
+        last = events.select(others)[check["last_row"]]
+        changed = pl.any_horizontal([first[c].ne_missing(last[c]) for c in others])
+        row["modified"] += int(pl.select(changed.sum()).item())
+    return {name: int(value) for name, value in row.items()}
 
 
 def mirror(change: pl.DataFrame) -> pl.DataFrame:

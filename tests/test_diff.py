@@ -28,6 +28,22 @@ def by_key(df: pl.DataFrame) -> dict[str, tuple[str, list[str]]]:
     return {r[key]: (r["change"], r["changed"]) for r in df.iter_rows(named=True)}
 
 
+def test_summary_counts_equal_the_rows_for_values_that_compare_equal(ds: lv.Dataset) -> None:
+    """-0.0 = 0.0 and NaN = NaN, as in rows(); a value set and set back is no change."""
+    nan = float("nan")
+    ds.upsert_labels(labels(["f00000"], x=0.0, conf=nan))
+    ds.create_snapshot("zeros")
+    ds.upsert_labels(labels(["f00000"], x=5.0, conf=1.0))
+    ds.upsert_labels(labels(["f00000"], x=-0.0, conf=-nan))  # back: equal values, other bits
+    ds.upsert_labels(labels(["f00001"], cls="person"))  # changed ...
+    ds.upsert_labels(labels(["f00001"], cls="car"))  # ... and set back
+    ds.upsert_labels(labels(["f00002"], per_frame=1, w=31.0))  # one real change
+    d = ds.diff("zeros")
+    rows = d.rows("labels")
+    assert rows["label_id"].to_list() == ["f00002-l0"]
+    assert d.summary().filter(pl.col("table") == "labels").row(0) == ("labels", 0, 0, 1)
+
+
 def test_summary_rows_and_direction(ds: lv.Dataset) -> None:
     with ds.transaction() as tx:
         tx.upsert_labels(labels(["f00000"], cls="person"))  # 2 modified (cls)
