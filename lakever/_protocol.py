@@ -330,14 +330,14 @@ class CommitRunner:
                 claim=claim,
             )
         entry.written = version
-        if dt.version() % _delta.COMPACT_EVERY == 0 and _mor.supports_vectors(loc, dt.version()):
+        if _mor.supports_vectors(loc, dt.version()):
             version = _mor.compact(
                 dt,
                 loc,
                 claim,
                 table=change.table,
                 cluster=_cluster_columns(dt),
-                min_files=_delta.COMPACT_MIN_SMALL_FILES,
+                min_files=_mor.COMPACT_MIN_FILES,
             )
         else:
             version = _delta.maybe_compact(dt, claim)
