@@ -304,8 +304,12 @@ def read_after_many(root: Path, frames: pl.DataFrame, labels: pl.DataFrame, n: i
     sys_ = Lakever(root / "many", "merge-on-read")
     sys_.prepare(frames)
     sys_.import_base(frames, labels)
-    for e in plan(labels, n, seed=11):
+    before = tree_bytes(sys_.root)
+    edits = plan(labels, n, seed=11)
+    for e in edits:
         sys_.edit(e)
+    written = (tree_bytes(sys_.root) - before) / n  # nothing is deleted without GC
+    changed = statistics.mean(e.changed_bytes() for e in edits)
     rows = sys_.read_head()
     loc = sys_.ds.table_location("labels")
     adds = _deltalog.files_at(loc, sys_.ds.head.table_versions["labels"]).adds.values()
@@ -327,6 +331,7 @@ def read_after_many(root: Path, frames: pl.DataFrame, labels: pl.DataFrame, n: i
             times[name].append(_timed(system.read_head))
     out: dict[str, Any] = {k: statistics.median(v) for k, v in times.items()}
     out["masked"] = masked / physical if physical else 0.0
+    out["written"], out["changed"] = written, changed
     return out
 
 
@@ -387,6 +392,9 @@ def run(work: Path, *, sizes: list[int], many: int = 100) -> list[str]:
             f"fresh table with the same fraction masked by one delete: "
             f"{fmt_s(after['floor'])} ({after['floor'] / after['fresh']:.2f}x; medians of 7, "
             "alternated)",
+            f"- bytes written per edit over those {many} edits, rewrites and compactions "
+            f"included: {fmt_b(after['written'])} ({after['written'] / after['changed']:.1f}x "
+            "the changed rows)",
         ]
         if "Lance" in results:
             lance = results["Lance"]

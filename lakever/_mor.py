@@ -38,10 +38,9 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable, TableFeatures
 from pyroaring import BitMap64
 
-from lakever import _deltalog
+from lakever import _delta, _deltalog
 from lakever._delta import (
     META_RESTORED_TO,
-    TARGET_FILE_SIZE,
     WriteConflict,
     boundary,
     props,
@@ -267,7 +266,7 @@ def _rows_per_file(files: _deltalog.TableFiles) -> int:
             size += int(add.get("size", 0))
             rows += n
     per_row = size / rows if rows else 64.0
-    return max(1000, int(TARGET_FILE_SIZE / max(per_row, 1.0)))
+    return max(1000, int(_delta.TARGET_FILE_SIZE / max(per_row, 1.0)))
 
 
 def _write_data(
@@ -457,7 +456,7 @@ def compact(
                 {**claim, "lakever.compaction": "true"},
                 now,
                 "OPTIMIZE",
-                {"targetSize": str(TARGET_FILE_SIZE)},
+                {"targetSize": str(_delta.TARGET_FILE_SIZE)},
                 {"numFilesRemoved": len(small), "numFilesAdded": len(adds)},
             )
         ]
@@ -477,7 +476,8 @@ def _to_merge(files: _deltalog.TableFiles, min_files: int) -> list[str]:
     2 x `min_files` small files, which readers pay for (several small files
     among large ones cost a Polars scan up to 20%).
     """
-    for limit in (TARGET_FILE_SIZE // 16, TARGET_FILE_SIZE // 2):
+    target = _delta.TARGET_FILE_SIZE  # read at call time: tests shrink it
+    for limit in (target // 16, target // 2):
         tier = sorted(p for p, a in files.adds.items() if int(a["size"]) < limit)
         if len(tier) >= min_files:
             return tier
