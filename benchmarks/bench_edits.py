@@ -14,7 +14,8 @@ written per edit against the changed rows' own zstd Parquet size, lake size
 after base + 10 edits + 11 snapshots, the diff summary and rows s0 -> s10,
 reading HEAD into Polars after 10 edits, and (lakever merge-on-read) after
 100 edits against a freshly written table holding the same rows, and
-against that fresh table carrying the same fraction of masked rows.
+against that fresh table carrying the same fraction of masked rows, and
+after `ds.optimize()`.
 """
 
 from __future__ import annotations
@@ -299,7 +300,8 @@ def read_after_many(root: Path, frames: pl.DataFrame, labels: pl.DataFrame, n: i
     plus as many extra rows as the edited table's vectors mask, deleted in
     one merge-on-read commit: the fresh layout carrying the same fraction of
     masked rows, which is what any merge-on-read table costs a reader. The
-    three reads alternate, so they see the same noise.
+    three reads alternate, so they see the same noise. Then `ds.optimize()`
+    rewrites the marked files, and HEAD is read again against `fresh`.
     """
     sys_ = Lakever(root / "many", "merge-on-read")
     sys_.prepare(frames)
@@ -329,7 +331,13 @@ def read_after_many(root: Path, frames: pl.DataFrame, labels: pl.DataFrame, n: i
     for _ in range(7):
         for name, system in (("edited", sys_), ("fresh", fresh), ("floor", floor)):
             times[name].append(_timed(system.read_head))
-    out: dict[str, Any] = {k: statistics.median(v) for k, v in times.items()}
+    optimize = _timed(sys_.ds.optimize)
+    times["optimized"], times["fresh2"] = [], []
+    for _ in range(7):
+        for name, system in (("optimized", sys_), ("fresh2", fresh)):
+            times[name].append(_timed(system.read_head))
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["optimize"] = optimize
     out["masked"] = masked / physical if physical else 0.0
     out["written"], out["changed"] = written, changed
     return out
@@ -392,6 +400,9 @@ def run(work: Path, *, sizes: list[int], many: int = 100) -> list[str]:
             f"fresh table with the same fraction masked by one delete: "
             f"{fmt_s(after['floor'])} ({after['floor'] / after['fresh']:.2f}x; medians of 7, "
             "alternated)",
+            f"- `ds.optimize()` after those edits: {fmt_s(after['optimize'])}; read HEAD "
+            f"then: {fmt_s(after['optimized'])}, against {fmt_s(after['fresh2'])} fresh "
+            f"({after['optimized'] / after['fresh2']:.2f}x)",
             f"- bytes written per edit over those {many} edits, rewrites and compactions "
             f"included: {fmt_b(after['written'])} ({after['written'] / after['changed']:.1f}x "
             "the changed rows)",

@@ -431,7 +431,8 @@ def compact(
     *,
     table: str,
     cluster: list[str],
-    min_files: int,
+    min_files: int = COMPACT_MIN_FILES,
+    purge: bool = False,
 ) -> int:
     """Merge the small files of a table with vectors into larger ones, sorted.
 
@@ -441,9 +442,15 @@ def compact(
     `cluster`, leaves large files alone, and marks the actions
     `dataChange: false` so the change feed does not see it. Returns the
     table version after it (unchanged when no tier holds `min_files`).
+
+    With `purge` (`Dataset.optimize`), every file carrying a vector is
+    rewritten too, so the version after it reads like a freshly written table.
     """
     files = _deltalog.files_at(loc, dt.version())
     small = _to_merge(files, min_files)
+    if purge:
+        masked = [p for p, a in files.adds.items() if a.get("deletionVector")]
+        small = sorted(set(masked) | set(_to_merge(files, 2)))
     if not small:
         return dt.version()
     arrow_schema, schema = _schemas(dt)

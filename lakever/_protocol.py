@@ -296,6 +296,10 @@ class CommitRunner:
             version = _delta.overwrite(dt, change.replace, claim)
         elif change.restore_to is not None:
             version = _restore(dt, loc, change.table, change.restore_to, claim)
+        elif change.purge:
+            version = _mor.compact(
+                dt, loc, claim, table=change.table, cluster=_cluster_columns(dt), purge=True
+            )
         elif change.updates.is_empty() and change.deletes.is_empty():
             version = _delta.append(dt, _cluster(change.inserts), claim)
         elif self._edits == MERGE_ON_READ and not _adds_columns(dt, change):

@@ -42,11 +42,12 @@ class TableChange:
     # key, file and position of every base row updated or deleted (merge-on-read)
     positions: pl.DataFrame = field(default_factory=pl.DataFrame)
     positions_version: int = -1  # the table version the positions hold for
+    purge: bool = False  # optimize: rewrite the files carrying deletion vectors, same rows
 
     @property
     def is_empty(self) -> bool:
         """Whether the change leaves the table as it was."""
-        if self.drop or self.restore_to is not None or self.replace is not None:
+        if self.drop or self.restore_to is not None or self.replace is not None or self.purge:
             return False
         return self.inserts.is_empty() and self.updates.is_empty() and self.deletes.is_empty()
 
@@ -71,6 +72,7 @@ class Stage:
         self._base: dict[str, pl.DataFrame] = {}
         self._looked_up: dict[str, pl.Series] = {}  # keys whose base rows are in _base
         self._restores: dict[str, int | None] = {}
+        self._purges: set[str] = set()
         self._replaces: dict[str, tuple[pl.DataFrame, ChangeCounts]] = {}
         self._schemas: dict[str, dict[str, pl.DataType]] = {}
         self._positions: dict[str, list[pl.DataFrame]] = {}
@@ -377,12 +379,16 @@ class Stage:
         """Make `rows` the whole content of `table` (repair), with the given counts."""
         self._replaces[table] = (rows, counts)
 
+    def purge_table(self, table: str) -> None:
+        """Rewrite the files of `table` that carry deletion vectors; the rows stay the same."""
+        self._purges.add(table)
+
     # -- the result -------------------------------------------------------------
 
     def touched_tables(self) -> list[str]:
         """Tables this stage changes, sorted (the order claims are taken in)."""
         touched = set(self._puts) | set(self._deletes) | set(self._restores) | set(self._replaces)
-        return sorted(touched)
+        return sorted(touched | self._purges)
 
     def changes(
         self, count_restore: Callable[[str, int | None], ChangeCounts]
@@ -415,8 +421,20 @@ class Stage:
                 if self._restore_changes_something(table, target, change.counts):
                     out.append(change)
                 continue
+            if table in self._purges and table not in self._puts and table not in self._deletes:
+                if self._has_vectors(table):
+                    empty = pl.DataFrame()
+                    out.append(TableChange(table, key, empty, empty, empty, empty, purge=True))
+                continue
             out.append(self._net_change(table, key))
         return [c for c in out if not c.is_empty]
+
+    def _has_vectors(self, table: str) -> bool:
+        base = self.base_version(table)
+        if base is None:
+            return False
+        adds = _deltalog.files_at(self._loc(table), base).adds.values()
+        return any(a.get("deletionVector") for a in adds)
 
     def _restore_changes_something(
         self, table: str, target: int | None, counts: ChangeCounts

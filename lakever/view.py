@@ -156,6 +156,7 @@ _WRITE_METHODS = (
     "extend_classes",
     "transaction",
     "repair",
+    "optimize",
     "revert",
     "create_snapshot",
     "delete_snapshot",

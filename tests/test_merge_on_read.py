@@ -15,7 +15,7 @@ from pyroaring import BitMap64
 
 import lakever as lv
 from lakever import _delta, _deltalog, _feed, _mor, sample
-from tests.helpers import CLASSES, frames, labels
+from tests.helpers import CLASSES, content_hash, frames, labels
 
 
 def log_entry(ds: lv.Dataset, table: str, version: int) -> list[dict[str, object]]:
@@ -380,3 +380,63 @@ def test_a_lost_vector_file_is_reported_like_a_lost_data_file(local_lake: lv.Lak
     assert "lost 2 file(s), 195 row(s)" in report.describe()
     ds.repair(apply=True)
     assert ds.read("labels").height == 0  # nothing deleted comes back
+
+
+def test_optimize_rewrites_marked_files_and_changes_nothing_else(lake: lv.Lake) -> None:
+    ds = big_dataset(lake, "opt")
+    base = ds.read("labels").sort("label_id")
+    ds.create_snapshot("start")
+    for i in range(2):  # scattered edits: vectors on the base file
+        picked = base.gather(list(range(i, base.height, 613)))
+        with ds.transaction() as tx:
+            tx.upsert_labels(picked.with_columns(cls=pl.lit(sample.CLASSES[i])))
+            tx.delete_labels(base["label_id"].gather(list(range(7 + i, base.height, 1499))))
+    loc = ds.table_location("labels")
+
+    def vectors(version: int) -> int:
+        adds = _deltalog.files_at(loc, version).adds.values()
+        return sum(1 for a in adds if a.get("deletionVector"))
+
+    head = ds.head
+    assert vectors(head.table_versions["labels"]) > 0
+    hashes, summary = content_hash(ds), ds.diff("start").summary()
+    start = content_hash(ds.at("start"))
+    label = picked["label_id"][0]
+    history = ds.history(label_id=label)
+
+    done = ds.optimize()
+    assert done.seq == head.seq + 1 and done.operation == "optimize"
+    assert all(c == lv.ChangeCounts() for c in done.counts.values())
+    assert done.table_versions["frames"] == head.table_versions["frames"]  # no vectors there
+    assert vectors(done.table_versions["labels"]) == 0
+    assert content_hash(ds) == hashes
+    assert ds.diff("start").summary().equals(summary)
+    assert ds.diff(head.seq).rows("labels").is_empty()
+    assert ds.history(label_id=label).equals(history)
+    assert content_hash(ds.at("start")) == start
+    assert ds.optimize().seq == done.seq  # nothing left to do: no commit
+    # still an ordinary table: an edit marks the new files, a revert goes back
+    ds.upsert_labels(picked.head(3).with_columns(x=pl.col("x") + 1.0))
+    assert vectors(ds.head.table_versions["labels"]) > 0
+    ds.revert(done.seq)
+    assert content_hash(ds) == hashes
+
+
+def test_optimize_cli_and_copy_on_write(local_lake: lv.Lake) -> None:
+    from typer.testing import CliRunner
+
+    from lakever.cli.app import app
+
+    ds = big_dataset(local_lake, "cow", edits="copy-on-write")
+    rows = ds.read("labels")
+    ds.upsert_labels(rows.head(50).with_columns(cls=pl.lit("person")))
+    runner = CliRunner()
+    out = runner.invoke(app, ["--uri", local_lake.uri, "optimize", "cow"])
+    assert out.exit_code == 0 and "nothing to optimize" in out.output
+    mor = big_dataset(local_lake, "mor")
+    mor.upsert_labels(mor.read("labels").head(50).with_columns(cls=pl.lit("person")))
+    head = mor.head.seq
+    out = runner.invoke(app, ["--uri", local_lake.uri, "--json", "optimize", "mor"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    assert result["optimized"] and result["commit"]["seq"] == head + 1

@@ -1,4 +1,4 @@
-"""Commands for garbage collection and snapshot archiving."""
+"""Commands for garbage collection, snapshot archiving and optimizing reads."""
 
 from __future__ import annotations
 
@@ -159,3 +159,27 @@ def snapshot_unarchive(
 ) -> None:
     """Bring an archived snapshot back so it can be read again."""
     _move(dataset, name, uri, json_out, back=True)
+
+
+@app.command()
+@_guard
+def optimize(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Rewrite the files merge-on-read edits marked, so HEAD reads like a fresh table.
+
+    One commit; rows, diffs and snapshots are unchanged.
+    """
+    ds = lv.connect(uri).dataset(dataset)
+    before = ds.head
+    commit = ds.optimize()
+    if json_out:
+        o.emit_json({"optimized": commit.seq != before.seq, "commit": commit.to_dict()})
+        return
+    if commit.seq == before.seq:
+        o.out.print(f"{dataset}: nothing to optimize (no file carries a deletion vector)")
+    else:
+        o.out.print(f"{dataset}: commit {commit.seq} rewrote the marked files", markup=False)
