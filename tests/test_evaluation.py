@@ -106,6 +106,7 @@ def scenes(draw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return {"images": images, "categories": cats, "annotations": anns}, dets
 
 
+@pytest.mark.slow
 @settings(
     max_examples=40,
     deadline=None,
