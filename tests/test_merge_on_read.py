@@ -440,3 +440,42 @@ def test_optimize_cli_and_copy_on_write(local_lake: lv.Lake) -> None:
     assert out.exit_code == 0, out.output
     result = json.loads(out.output)
     assert result["optimized"] and result["commit"]["seq"] == head + 1
+
+
+def test_failed_optimize_leaves_head_as_it_was_and_the_retry_finishes(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lakever.commits import CommitLog
+
+    ds = big_dataset(local_lake, "opt-fail")
+    base = ds.read("labels")
+    ds.upsert_labels(base.gather(list(range(0, base.height, 311))).with_columns(x=pl.col("x") + 1))
+    head, hashes = ds.head, content_hash(ds)
+    root = Path(ds.table_location("labels").uri)
+    files_before = {p.name for p in root.iterdir() if p.is_file()}
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise lv.StorageError("injected: the store refused the log entry")
+
+    with monkeypatch.context() as m:  # the rewritten files are written, the log entry fails
+        m.setattr(_mor, "_publish", broken)
+        with pytest.raises(lv.StorageError, match="injected"):
+            ds.optimize()
+    assert {p.name for p in root.iterdir() if p.is_file()} == files_before
+    assert ds.head == head and content_hash(ds) == hashes
+
+    real = CommitLog.publish
+
+    def refuse_once(self: CommitLog, commit: object) -> bool:
+        monkeypatch.setattr(CommitLog, "publish", real)
+        raise lv.StorageError("injected: commit record refused")
+
+    monkeypatch.setattr(CommitLog, "publish", refuse_once)
+    with pytest.raises(lv.StorageError, match="commit record refused"):
+        ds.optimize()  # the table version it published is rolled back
+    assert ds.head == head and content_hash(ds) == hashes
+    done = ds.optimize()
+    assert done.seq == head.seq + 1 and content_hash(ds) == hashes
+    loc = ds.table_location("labels")
+    adds = _deltalog.files_at(loc, done.table_versions["labels"]).adds.values()
+    assert not any(a.get("deletionVector") for a in adds)
