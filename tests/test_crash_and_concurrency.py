@@ -160,7 +160,7 @@ def test_four_writers_lose_nothing(
 ) -> None:
     _, options = lake_uri
     # moto answers one request at a time; fewer commits keep the S3 run in minutes
-    commits = 25 if backend == "local" else 12
+    commits = 25 if backend == "local" else 8
     ds = base_dataset(lake)
     acked = run_writers(lake, options, writers=4, commits=commits)
     log = ds.log()

@@ -216,7 +216,7 @@ def run_scenario(lake: lv.Lake, data: st.DataObject, steps: int) -> None:
 
 @pytest.mark.slow
 @settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data())
 def test_random_edits_local(local_lake: lv.Lake, data: st.DataObject) -> None:

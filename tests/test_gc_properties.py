@@ -104,7 +104,7 @@ def _check_gc(ds: lv.Dataset, keep_zero: bool) -> None:
 
 @pytest.mark.slow
 @settings(
-    max_examples=30,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
