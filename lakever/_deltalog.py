@@ -62,6 +62,10 @@ class TableFiles:
     configuration: Mapping[str, str]
     metadata: Mapping[str, Any]
 
+    def masked(self) -> list[str]:
+        """Paths of the files that carry a deletion vector, sorted."""
+        return sorted(p for p, a in self.adds.items() if a.get("deletionVector"))
+
 
 _CACHE_SIZE = 64
 _cache: OrderedDict[tuple[str, int, str, str], TableFiles] = OrderedDict()

@@ -447,10 +447,10 @@ def compact(
     rewritten too, so the version after it reads like a freshly written table.
     """
     files = _deltalog.files_at(loc, dt.version())
-    small = _to_merge(files, min_files)
     if purge:
-        masked = [p for p, a in files.adds.items() if a.get("deletionVector")]
-        small = sorted(set(masked) | set(_to_merge(files, 2)))
+        small = sorted(set(files.masked()) | set(_to_merge(files, 2)))
+    else:
+        small = _to_merge(files, min_files)
     if not small:
         return dt.version()
     arrow_schema, schema = _schemas(dt)

@@ -334,7 +334,7 @@ class CommitRunner:
                 claim=claim,
             )
         entry.written = version
-        if _mor.supports_vectors(loc, dt.version()):
+        if self._edits == MERGE_ON_READ and _mor.supports_vectors(loc, dt.version()):
             version = _mor.compact(
                 dt,
                 loc,

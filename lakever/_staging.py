@@ -433,8 +433,7 @@ class Stage:
         base = self.base_version(table)
         if base is None:
             return False
-        adds = _deltalog.files_at(self._loc(table), base).adds.values()
-        return any(a.get("deletionVector") for a in adds)
+        return bool(_deltalog.files_at(self._loc(table), base).masked())
 
     def _restore_changes_something(
         self, table: str, target: int | None, counts: ChangeCounts

@@ -36,6 +36,19 @@ def big_dataset(lake: lv.Lake, name: str, *, edits: str = "merge-on-read") -> lv
     return ds
 
 
+def refuse_next_commit_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next commit record publish raises a StorageError; later ones go through."""
+    from lakever.commits import CommitLog
+
+    real = CommitLog.publish
+
+    def refuse_once(self: CommitLog, commit: object) -> bool:
+        monkeypatch.setattr(CommitLog, "publish", real)
+        raise lv.StorageError("injected: commit record refused")
+
+    monkeypatch.setattr(CommitLog, "publish", refuse_once)
+
+
 def test_scattered_edit_writes_vectors_not_files(local_lake: lv.Lake) -> None:
     ds = big_dataset(local_lake, "mor")
     base = ds.read("labels").sort("label_id")
@@ -241,8 +254,6 @@ def test_failed_edit_leaves_nothing_and_blocks_no_one(
     local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store error while publishing the vectors' Delta commit, then one after it."""
-    from lakever.commits import CommitLog
-
     ds = local_lake.create_dataset("fail", classes=CLASSES)
     fids = [f"f{i:03d}" for i in range(20)]
     ds.add_frames(frames(fids))
@@ -263,13 +274,7 @@ def test_failed_edit_leaves_nothing_and_blocks_no_one(
     assert not any((root / "_change_data").glob("*"))
     assert ds.read("labels").sort("label_id").equals(before)
 
-    real = CommitLog.publish
-
-    def refuse_once(self: CommitLog, commit: object) -> bool:
-        monkeypatch.setattr(CommitLog, "publish", real)
-        raise lv.StorageError("injected: commit record refused")
-
-    monkeypatch.setattr(CommitLog, "publish", refuse_once)
+    refuse_next_commit_record(monkeypatch)
     with pytest.raises(lv.StorageError, match="commit record refused"):
         ds.upsert_labels(labels(fids[:4], per_frame=3, cls="bike"))
     # the vectors it published in the labels table were rolled back, exactly
@@ -445,8 +450,6 @@ def test_optimize_cli_and_copy_on_write(local_lake: lv.Lake) -> None:
 def test_failed_optimize_leaves_head_as_it_was_and_the_retry_finishes(
     local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lakever.commits import CommitLog
-
     ds = big_dataset(local_lake, "opt-fail")
     base = ds.read("labels")
     ds.upsert_labels(base.gather(list(range(0, base.height, 311))).with_columns(x=pl.col("x") + 1))
@@ -464,13 +467,7 @@ def test_failed_optimize_leaves_head_as_it_was_and_the_retry_finishes(
     assert {p.name for p in root.iterdir() if p.is_file()} == files_before
     assert ds.head == head and content_hash(ds) == hashes
 
-    real = CommitLog.publish
-
-    def refuse_once(self: CommitLog, commit: object) -> bool:
-        monkeypatch.setattr(CommitLog, "publish", real)
-        raise lv.StorageError("injected: commit record refused")
-
-    monkeypatch.setattr(CommitLog, "publish", refuse_once)
+    refuse_next_commit_record(monkeypatch)
     with pytest.raises(lv.StorageError, match="commit record refused"):
         ds.optimize()  # the table version it published is rolled back
     assert ds.head == head and content_hash(ds) == hashes

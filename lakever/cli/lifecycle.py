@@ -180,6 +180,8 @@ def optimize(
         o.emit_json({"optimized": commit.seq != before.seq, "commit": commit.to_dict()})
         return
     if commit.seq == before.seq:
-        o.out.print(f"{dataset}: nothing to optimize (no file carries a deletion vector)")
+        o.out.print(
+            f"{dataset}: nothing to optimize (no file carries a deletion vector)", markup=False
+        )
     else:
         o.out.print(f"{dataset}: commit {commit.seq} rewrote the marked files", markup=False)
