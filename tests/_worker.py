@@ -128,6 +128,10 @@ def main() -> int:
     fault = os.environ.get("LAKEVER_TEST_FAULT", "")
     if ":" in fault:
         inject_fault(*fault.split(":", 1))  # before any storage object is made
+    if os.environ.get("LAKEVER_TEST_TARGET_FILE_SIZE"):  # small files count as large
+        from lakever import _delta
+
+        _delta.TARGET_FILE_SIZE = int(os.environ["LAKEVER_TEST_TARGET_FILE_SIZE"])
     pause = float(os.environ.get("LAKEVER_TEST_PAUSE_BEFORE_PUBLISH", "0"))
     if pause:
         # Widen the window between the table writes and the publish, so that
@@ -191,6 +195,12 @@ def main() -> int:
             ds.unarchive_snapshot(writer)
             got = content_hash(ds.at(writer))
             say(f"{'SAME' if got == want else 'DIFFERENT'} {i}")
+        return 0
+    if mode == "optimize-loop":  # COUNT optimize calls, racing the writers
+        for i in range(int(count)):
+            c = ds.optimize(author=writer)
+            say(f"OPT {i} {c.seq} {c.id} {c.operation}")
+            time.sleep(float(os.environ.get("LAKEVER_TEST_OPTIMIZE_PAUSE", "0.2")))
         return 0
     if mode == "snap-writer":
         return snap_writer(ds, writer, int(count))

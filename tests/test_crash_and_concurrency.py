@@ -296,3 +296,116 @@ def test_readers_never_see_half_a_commit(
     assert writer.returncode == 0, err[-2000:]
     check_consistent(ds)
     assert len(seen) >= 3  # the reader really watched commits land
+
+
+def vectors(ds: lv.Dataset) -> int:
+    """Files carrying a deletion vector at HEAD, over every table."""
+    from lakever import _deltalog
+
+    return sum(
+        len(_deltalog.files_at(ds.table_location(t), v).masked())
+        for t, v in ds.head.table_versions.items()
+    )
+
+
+#: A target file size that makes the 5,000-frame base file large (~24 KiB) and
+#: the writers' files small, so compaction leaves the base file to `optimize`.
+SMALL_TARGET = 32 * 1024
+
+
+def dataset_with_vectors(lake: lv.Lake, monkeypatch: pytest.MonkeyPatch) -> lv.Dataset:
+    """The shared dataset over a 5,000-frame base, one frame edited: a vector in frames."""
+    from lakever import _delta
+
+    ds = base_dataset(lake)
+    ds.add_frames(frames([f"shared-b{i:04d}" for i in range(5000)]))  # one file
+    monkeypatch.setattr(_delta, "TARGET_FILE_SIZE", SMALL_TARGET)
+    ds.update_frames([{"frame_id": "shared-b0007", "width": 7}])
+    assert vectors(ds) == 1
+    return ds
+
+
+@pytest.mark.slow
+def test_optimize_racing_writers_loses_nothing(
+    lake: lv.Lake,
+    lake_uri: tuple[str, dict[str, str]],
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, options = lake_uri
+    commits, runs = (12, 6) if backend == "local" else (5, 3)
+    ds = dataset_with_vectors(lake, monkeypatch)
+    monkeypatch.setenv("LAKEVER_TEST_TARGET_FILE_SIZE", str(SMALL_TARGET))
+    procs = [spawn("concurrent", lake.uri, "shared", f"w{w}", commits, options) for w in range(2)]
+    procs.append(
+        spawn(
+            "optimize-loop",
+            lake.uri,
+            "shared",
+            "opt",
+            runs,
+            options,
+            LAKEVER_TEST_OPTIMIZE_PAUSE="0.3" if backend == "local" else "1.0",
+        )
+    )
+    outs = finish(procs)
+    log = {c.seq: c for c in ds.log()}
+    assert sorted(log) == list(range(ds.head.seq + 1))  # unique and gap-free
+    for out in outs[:2]:
+        acks = [line.split()[1:] for line in out.splitlines() if line.startswith("ACK")]
+        assert len(acks) == commits
+        assert all(log[int(seq)].id == cid for seq, cid in acks)
+    opts = [line.split()[2:] for line in outs[2].splitlines() if line.startswith("OPT")]
+    assert len(opts) == runs
+    optimized = {int(seq) for seq, cid, op in opts if op == "optimize"}
+    assert optimized  # at least one run found vectors or small files to rewrite
+    assert all(log[int(seq)].id == cid for seq, cid, _ in opts)
+    for seq in optimized:  # an optimize commit changes no row of any table
+        assert content_hash(ds.at(seq)) == content_hash(ds.at(seq - 1)), seq
+    expected = {f"w{w}-{i:04d}-{k}" for w in range(2) for i in range(commits) for k in range(3)}
+    f = set(ds.read("frames")["frame_id"])
+    assert expected <= f and len(f) == len(expected) + 5001
+    check_consistent(ds)
+    hashes = content_hash(ds)
+    ds.optimize()
+    assert vectors(ds) == 0 and content_hash(ds) == hashes
+
+
+@pytest.mark.slow
+def test_sigkill_during_optimize_never_breaks_the_dataset(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = dataset_with_vectors(local_lake, monkeypatch)
+    monkeypatch.setenv("LAKEVER_TEST_TARGET_FILE_SIZE", str(SMALL_TARGET))
+    ds.create_snapshot("base")
+    want = {"base": content_hash(ds.at("base"))}
+    rng = random.Random(11)
+    landed = 0
+    for it in range(8):
+        ds.update_frames([{"frame_id": f"shared-b{rng.randrange(5000):04d}", "width": 100 + it}])
+        want["HEAD"] = content_hash(ds)
+        head = ds.head
+        proc = spawn(
+            "optimize-loop",
+            local_lake.uri,
+            "shared",
+            f"opt{it}",
+            1,
+            {},
+            LAKEVER_TEST_PAUSE_BEFORE_PUBLISH="0.2",
+            LAKEVER_TEST_OPTIMIZE_PAUSE="0",
+        )
+        wait_ready(proc)
+        time.sleep(rng.uniform(0.0, 0.8))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        landed += ds.head.seq > head.seq
+        assert ds.head.seq in (head.seq, head.seq + 1)
+        assert {"base": content_hash(ds.at("base")), "HEAD": content_hash(ds)} == want
+        c = ds.add_frames(frames([f"p{it:05d}"]))  # the next writer is not blocked
+        assert c.seq == ds.head.seq and set(ds.read("frames")["frame_id"]) >= {f"p{it:05d}"}
+        want["HEAD"] = content_hash(ds)
+    ds.optimize()
+    assert vectors(ds) == 0 and content_hash(ds) == want["HEAD"]
+    assert [c.seq for c in ds.log()] == list(range(ds.head.seq, -1, -1))
+    print(f"{landed} of 8 killed optimize runs had published")
