@@ -175,8 +175,13 @@ def _from_checkpoint(log_dir: Location, version: int) -> tuple[_State, int]:
     cp_version = int(parts[0].name[:20])
     for part in parts:
         try:
+            # One thread: pyarrow 26's threaded read of an in-memory file
+            # leaves the process to abort at exit (SIGABRT, "terminate called
+            # without an active exception") after the work is done.
             table = pq.read_table(
-                io.BytesIO(part.read_bytes()), columns=["add", "protocol", "metaData"]
+                io.BytesIO(part.read_bytes()),
+                columns=["add", "protocol", "metaData"],
+                use_threads=False,
             )
         except Exception as exc:
             raise StorageError(f"cannot read checkpoint {part.uri}: {exc}") from exc

@@ -1,4 +1,4 @@
-"""Merge-on-read: edits, restores and compactions written as Delta commits with deletion vectors.
+"""Merge-on-read: edits and restores written as Delta commits with deletion vectors.
 
 An update or delete does not rewrite the files holding the old rows: it marks
 those rows in each file's deletion vector and writes only the new rows, plus
@@ -15,7 +15,9 @@ vector and an `add` of the same file with the new one (statistics kept, with
 ``tightBounds: false``); an `add` for each new data file; one `cdc` file; one
 ``deletion_vector_<uuid>.bin`` holding every new vector. A file whose masked
 rows pass `REWRITE_FRACTION` is rewritten instead: its live rows join the new
-data files and it is removed, so reads never pay for mostly-dead files.
+data files and it is removed, so reads never pay for mostly-dead files. How
+many such files one edit rewrites is bounded by `REWRITE_BUDGET` (see `_mark`).
+Compaction, which uses the same commit format, is `_compact`.
 
 Which rows to mark comes from `_feed.lookup` (file and position of each key).
 """
@@ -55,10 +57,10 @@ log = logging.getLogger("lakever")
 #: A file whose deleted rows reach this fraction is rewritten instead of marked.
 REWRITE_FRACTION = 0.1
 
-DV_FEATURE = "deletionVectors"
+#: An edit rewrites at most this many times the rows it changes (and at least one file).
+REWRITE_BUDGET = 8
 
-#: Every write to a table with vectors merges a tier of small files once it holds this many.
-COMPACT_MIN_FILES = 4
+DV_FEATURE = "deletionVectors"
 
 
 def supports_vectors(loc: Location, version: int) -> bool:
@@ -138,7 +140,8 @@ def write_edit(
         )
     now = int(time.time() * 1000)
     with _writing(loc, "write an edit to") as written:
-        marks, removed_rows, survivors = _mark(loc, files, positions)
+        budget = REWRITE_BUDGET * (touched.len() + edit.inserts.height)
+        marks, removed_rows, survivors = _mark(loc, files, positions, budget=budget)
         data = pl.concat([edit.updates, edit.inserts, *survivors], how="diagonal_relaxed")
         data = data.select(list(schema)).sort(cluster)
         adds = _write_data(loc, data, arrow_schema, files, now, written)
@@ -201,11 +204,19 @@ class _Mark:
 
 
 def _mark(
-    loc: Location, files: _deltalog.TableFiles, positions: pl.DataFrame
+    loc: Location, files: _deltalog.TableFiles, positions: pl.DataFrame, *, budget: int
 ) -> tuple[dict[str, _Mark], int, list[pl.DataFrame]]:
-    """New vectors per touched file; live rows of files to rewrite instead."""
+    """New vectors per touched file; live rows of the files to rewrite instead.
+
+    Files whose masked rows pass `REWRITE_FRACTION` are rewritten, the most
+    masked first, while their live rows fit in `budget` (at least one file
+    always does); those past it keep a vector until a later commit. Scattered
+    edits push every file past the threshold within a commit or two of each
+    other: without the budget, that one edit would rewrite, and hold in
+    memory, the whole table. Files already past the threshold that this edit
+    does not touch are candidates too, so none waits forever.
+    """
     marks: dict[str, _Mark] = {}
-    survivors: list[pl.DataFrame] = []
     removed = 0
     for (path,), group in positions.group_by(FILE_COLUMN, maintain_order=True):
         path = str(path)
@@ -217,15 +228,31 @@ def _mark(
         old = _deltalog.read_vector(loc, dv) if dv else None
         if old is not None and not new.isdisjoint(old):
             raise StorageError(f"rows of {path} in {loc.uri} were deleted twice")
-        dead = new if old is None else new | old
         removed += len(new)
+        marks[path] = _Mark(new if old is None else new | old, rewrite=False)
+    over: list[tuple[float, str, int]] = []  # (masked fraction, path, live rows)
+    for path, add in files.adds.items():
+        dv = add.get("deletionVector")
+        dead = len(marks[path].rows) if path in marks else int(dv["cardinality"]) if dv else 0
+        if not dead:
+            continue
         total = _deltalog.num_records(add)
         if total is None:
             total = int(scan_file(loc, path).select(pl.len()).collect().item())
-        rewrite = len(dead) >= REWRITE_FRACTION * total
-        marks[path] = _Mark(dead, rewrite)
-        if rewrite:
-            survivors.append(scan_file(loc, path, dead=dead).collect())
+        if dead >= REWRITE_FRACTION * total:
+            over.append((dead / total, path, total - dead))
+    survivors: list[pl.DataFrame] = []
+    spent = 0
+    for _, path, live in sorted(over, reverse=True):
+        if live and spent and spent + live > budget:
+            continue
+        spent += live
+        if path not in marks:
+            vector = _deltalog.read_vector(loc, files.adds[path]["deletionVector"])
+            marks[path] = _Mark(vector, rewrite=True)
+        marks[path].rewrite = True
+        if live:
+            survivors.append(scan_file(loc, path, dead=marks[path].rows).collect())
     return marks, removed, survivors
 
 
@@ -419,76 +446,6 @@ def _info(
             **dict(claim),
         }
     }
-
-
-# -- compaction -------------------------------------------------------------------------
-
-
-def compact(
-    dt: DeltaTable,
-    loc: Location,
-    claim: Mapping[str, str],
-    *,
-    table: str,
-    cluster: list[str],
-    min_files: int = COMPACT_MIN_FILES,
-    purge: bool = False,
-) -> int:
-    """Merge the small files of a table with vectors into larger ones, sorted.
-
-    delta-rs OPTIMIZE would also rewrite every file that has a deletion
-    vector, which after scattered edits is the whole table, unsorted. This
-    merges only small files (their live rows; see `_to_merge`), sorted by
-    `cluster`, leaves large files alone, and marks the actions
-    `dataChange: false` so the change feed does not see it. Returns the
-    table version after it (unchanged when no tier holds `min_files`).
-
-    With `purge` (`Dataset.optimize`), every file carrying a vector is
-    rewritten too, so the version after it reads like a freshly written table.
-    """
-    files = _deltalog.files_at(loc, dt.version())
-    if purge:
-        small = sorted(set(files.masked()) | set(_to_merge(files, 2)))
-    else:
-        small = _to_merge(files, min_files)
-    if not small:
-        return dt.version()
-    arrow_schema, schema = _schemas(dt)
-    rows = _rows(loc, files, small, table=table, schema=schema).sort(cluster)
-    now = int(time.time() * 1000)
-    with _writing(loc, "compact") as written:
-        adds = _write_data(loc, rows, arrow_schema, files, now, written, data_change=False)
-        actions: list[dict[str, Any]] = [
-            _info(
-                {**claim, "lakever.compaction": "true"},
-                now,
-                "OPTIMIZE",
-                {"targetSize": str(_delta.TARGET_FILE_SIZE)},
-                {"numFilesRemoved": len(small), "numFilesAdded": len(adds)},
-            )
-        ]
-        actions += [_remove(files.adds[p], now, data_change=False) for p in small]
-        actions += [{"add": a} for a in adds]
-        _publish(loc, files.version, actions)
-    return _after_publish(dt, loc, files)
-
-
-def _to_merge(files: _deltalog.TableFiles, min_files: int) -> list[str]:
-    """The small files to merge now: the smallest tier holding `min_files`, with those below.
-
-    Tiers are files under 1/16 of the target size (one edit's new rows) and
-    files under half of it (earlier merges). Merging a tier only when it
-    holds `min_files` rewrites each row about twice on its way to a
-    full-size file, while a table never holds more than about
-    2 x `min_files` small files, which readers pay for (several small files
-    among large ones cost a Polars scan up to 20%).
-    """
-    target = _delta.TARGET_FILE_SIZE  # read at call time: tests shrink it
-    for limit in (target // 16, target // 2):
-        tier = sorted(p for p, a in files.adds.items() if int(a["size"]) < limit)
-        if len(tier) >= min_files:
-            return tier
-    return []
 
 
 # -- restore -------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import polars as pl
 from deltalake import DeltaTable
 
-from lakever import _claims, _delta, _mor
+from lakever import _claims, _compact, _delta, _mor
 from lakever._staging import OP_COLUMN, Stage, TableChange
 from lakever.commits import ChangeCounts, Commit, CommitLog
 from lakever.errors import ConflictError, StorageError, VersionUnavailableError
@@ -297,7 +297,7 @@ class CommitRunner:
         elif change.restore_to is not None:
             version = _restore(dt, loc, change.table, change.restore_to, claim)
         elif change.purge:
-            version = _mor.compact(
+            version = _compact.compact(
                 dt, loc, claim, table=change.table, cluster=_cluster_columns(dt), purge=True
             )
         elif change.updates.is_empty() and change.deletes.is_empty():
@@ -335,13 +335,13 @@ class CommitRunner:
             )
         entry.written = version
         if self._edits == MERGE_ON_READ and _mor.supports_vectors(loc, dt.version()):
-            version = _mor.compact(
+            version = _compact.compact(
                 dt,
                 loc,
                 claim,
                 table=change.table,
                 cluster=_cluster_columns(dt),
-                min_files=_mor.COMPACT_MIN_FILES,
+                min_files=_compact.COMPACT_MIN_FILES,
             )
         else:
             version = _delta.maybe_compact(dt, claim)
