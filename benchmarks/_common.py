@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +19,34 @@ import polars as pl
 import lakever as lv
 from lakever import _delta, sample
 from lakever.storage import Location
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def in_child(code: str, **args: Any) -> dict[str, Any]:
+    """Run `code` in a fresh Python; it sets `result`; return it with wall time and peak RSS.
+
+    `code` sees `args` (JSON round-tripped) and the repository on `sys.path`.
+    """
+    script = (
+        "import json, resource, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        f"args = json.loads({json.dumps(json.dumps(args))})\n"
+        "started = time.perf_counter()\n"
+        f"{code}\n"
+        "result['seconds'] = time.perf_counter() - started\n"
+        "result['peak_rss'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "print('RESULT ' + json.dumps(result))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False,
+        env={"LAKEVER_PROGRESS": "0", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return dict(json.loads(line.removeprefix("RESULT ")))
+
 
 RESULTS = Path(__file__).with_name("results")
 

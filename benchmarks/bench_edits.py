@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable, write_deltalake
 
 import lakever as lv
-from benchmarks._common import fmt_b, fmt_s, fresh_dir, markdown, tree_bytes
+from benchmarks._common import fmt_b, fmt_s, fresh_dir, in_child, markdown, tree_bytes
 from lakever import _delta, _deltalog, sample
 
 EDITS = 10
@@ -305,6 +305,15 @@ def plain_write(root: Path, labels: pl.DataFrame) -> float:
     return _timed(write)
 
 
+_OPTIMIZE = """
+import lakever as lv
+ds = lv.connect(args['lake']).dataset(args['dataset'])
+started = time.perf_counter()  # the import is not the optimize
+ds.optimize()
+result = {}
+"""
+
+
 def read_after_many(root: Path, frames: pl.DataFrame, labels: pl.DataFrame, n: int) -> dict:
     """Read HEAD after `n` scattered edits (merge-on-read), against two fresh tables.
 
@@ -320,9 +329,12 @@ def read_after_many(root: Path, frames: pl.DataFrame, labels: pl.DataFrame, n: i
     sys_.import_base(frames, labels)
     before = tree_bytes(sys_.root)
     edits = plan(labels, n, seed=11)
-    for e in edits:
-        sys_.edit(e)
-    written = (tree_bytes(sys_.root) - before) / n  # nothing is deleted without GC
+    latency, sizes = [], []
+    for e in edits:  # nothing is deleted without GC: the tree grows by what each edit wrote
+        start = tree_bytes(sys_.root)
+        latency.append(_timed(lambda e=e: sys_.edit(e)))
+        sizes.append(tree_bytes(sys_.root) - start)
+    written = (tree_bytes(sys_.root) - before) / n
     changed = statistics.mean(e.changed_bytes() for e in edits)
     rows = sys_.read_head()
     loc = sys_.ds.table_location("labels")
@@ -343,13 +355,17 @@ def read_after_many(root: Path, frames: pl.DataFrame, labels: pl.DataFrame, n: i
     for _ in range(7):
         for name, system in (("edited", sys_), ("fresh", fresh), ("floor", floor)):
             times[name].append(_timed(system.read_head))
-    optimize = _timed(sys_.ds.optimize)
+    # in its own process, for its peak memory
+    optimize = in_child(_OPTIMIZE, lake=str(sys_.root), dataset=sys_.ds.name)
     times["optimized"], times["fresh2"] = [], []
     for _ in range(7):
         for name, system in (("optimized", sys_), ("fresh2", fresh)):
             times[name].append(_timed(system.read_head))
     out = {k: statistics.median(v) for k, v in times.items()}
-    out["optimize"] = optimize
+    out["optimize"], out["optimize_rss"] = optimize["seconds"], optimize["peak_rss"]
+    out["edit_median"], out["edit_max"] = statistics.median(latency), max(latency)
+    out["edit_max_at"] = latency.index(max(latency)) + 1
+    out["bytes_max"] = max(sizes)
     out["masked"] = masked / physical if physical else 0.0
     out["written"], out["changed"] = written, changed
     return out
@@ -415,7 +431,11 @@ def run(work: Path, *, sizes: list[int], many: int = 100) -> list[str]:
             f"fresh table with the same fraction masked by one delete: "
             f"{fmt_s(after['floor'])} ({after['floor'] / after['fresh']:.2f}x; medians of 7, "
             "alternated)",
-            f"- `ds.optimize()` after those edits: {fmt_s(after['optimize'])}; read HEAD "
+            f"- those {many} edits one by one: median {fmt_s(after['edit_median'])}, slowest "
+            f"{fmt_s(after['edit_max'])} (edit {after['edit_max_at']}); most bytes one edit "
+            f"wrote: {fmt_b(after['bytes_max'])}",
+            f"- `ds.optimize()` after those edits, in its own process: "
+            f"{fmt_s(after['optimize'])}, peak memory {fmt_b(after['optimize_rss'])}; read HEAD "
             f"then: {fmt_s(after['optimized'])}, against {fmt_s(after['fresh2'])} fresh "
             f"({after['optimized'] / after['fresh2']:.2f}x)",
             f"- bytes written per edit over those {many} edits, rewrites and compactions "

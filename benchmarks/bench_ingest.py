@@ -15,42 +15,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
 
 import lakever as lv
-from benchmarks._common import fmt_b, fmt_s, fresh_dir, markdown, median_time
+from benchmarks._common import fmt_b, fmt_s, fresh_dir, in_child, markdown, median_time
 from lakever import sample
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _child(code: str, **args: Any) -> dict[str, Any]:
-    """Run `code` in a fresh Python; it sets `result`; return it with wall time and peak RSS."""
-    script = (
-        "import json, resource, sys, time\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        f"args = json.loads({json.dumps(json.dumps(args))})\n"
-        "started = time.perf_counter()\n"
-        f"{code}\n"
-        "result['seconds'] = time.perf_counter() - started\n"
-        "result['peak_rss'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "print('RESULT ' + json.dumps(result))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=False,
-        env={"LAKEVER_PROGRESS": "0", "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return dict(json.loads(line.removeprefix("RESULT ")))
 
 
 def _bad_rows(frames: pl.DataFrame, labels: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -160,7 +133,7 @@ def run(work: Path, *, n_frames: int, n_images: int, chunk: int = 1000) -> list[
         part.write_parquet(base / "src" / f"labels-{i:03d}.parquet")
     rows = frames.height + labels.height
     args = {"classes": list(sample.CLASSES), "chunk": chunk}
-    stream = _child(
+    stream = in_child(
         _STREAM, lake=str(base / "stream"), frames=str(base / "src" / "frames.parquet"),
         labels=str(base / "src" / "labels-*.parquet"), **args,
     )  # fmt: skip
@@ -168,7 +141,7 @@ def run(work: Path, *, n_frames: int, n_images: int, chunk: int = 1000) -> list[
     ds = lv.connect(base / "stream").dataset("s")
     ds.read("frames").write_parquet(base / "good-frames.parquet")
     ds.read("labels").write_parquet(base / "good-labels.parquet")
-    one = _child(
+    one = in_child(
         _ONE_CALL, lake=str(base / "one"), frames=str(base / "good-frames.parquet"),
         labels=str(base / "good-labels.parquet"), **args,
     )  # fmt: skip
@@ -236,8 +209,8 @@ def run(work: Path, *, n_frames: int, n_images: int, chunk: int = 1000) -> list[
     t = time.perf_counter()
     n_anns = _coco_file(path, n_images)
     made = time.perf_counter() - t
-    lake_run = _child(_COCO_LAKEVER, lake=str(base / "coco-lake"), path=str(path))
-    hand = _child(_COCO_BY_HAND, path=str(path))
+    lake_run = in_child(_COCO_LAKEVER, lake=str(base / "coco-lake"), path=str(path))
+    hand = in_child(_COCO_BY_HAND, path=str(path))
     sections.append(
         markdown(
             f"COCO import: {n_images:,} images, {n_anns:,} annotations "

@@ -19,8 +19,15 @@ import numpy as np
 import polars as pl
 
 import lakever as lv
-from benchmarks._common import build_dataset, fmt_b, fmt_s, fresh_dir, markdown, median_time
-from benchmarks.bench_ingest import _child
+from benchmarks._common import (
+    build_dataset,
+    fmt_b,
+    fmt_s,
+    fresh_dir,
+    in_child,
+    markdown,
+    median_time,
+)
 
 _LAKEVER = """
 import lakever as lv
@@ -90,8 +97,8 @@ def _evaluations(base: Path, sizes: list[int]) -> str:
         lake = lv.connect(work / "lake")
         ds, _ = lake.import_coco("e", gt)
         ds.import_coco_results("det", dets)
-        ours = _child(_LAKEVER, lake=str(work / "lake"))
-        theirs = _child(_PYCOCOTOOLS, gt=str(work / "gt.json"), dt=str(work / "dt.json"))
+        ours = in_child(_LAKEVER, lake=str(work / "lake"))
+        theirs = in_child(_PYCOCOTOOLS, gt=str(work / "gt.json"), dt=str(work / "dt.json"))
         assert abs(ours["AP"] - theirs["AP"]) < 1e-9, (ours, theirs)
         what = f"{n_images:,} images, {len(gt['annotations']):,} labels, {len(dets):,} predictions"
         rows.append(
