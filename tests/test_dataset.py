@@ -13,8 +13,18 @@ from tests.helpers import CLASSES, frames, labels
 
 @pytest.fixture(params=["local", "s3"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """Both backends in the default run: the core write API is checked on S3 every time."""
+    """Both backends in the default run: the core write API is checked on S3 every time.
+
+    Tests marked `s3_slow` check what does not depend on the store (input
+    types, column handling); their S3 runs go with the slow tests.
+    """
     return str(request.param)
+
+
+#: Run on S3 only with the slow tests (see `backend`).
+s3_slow = pytest.mark.parametrize(
+    "backend", ["local", pytest.param("s3", marks=pytest.mark.slow)], indirect=True
+)
 
 
 @pytest.fixture
@@ -50,6 +60,7 @@ def test_each_write_is_one_commit_with_counts(ds: lv.Dataset) -> None:
     assert [c.seq for c in ds.log(limit=2)] == [3, 2]
 
 
+@s3_slow
 def test_add_frames_refuses_existing_ids_and_writes_nothing(ds: lv.Dataset) -> None:
     ds.add_frames(frames(range(3)))
     with pytest.raises(lv.ValidationError) as info:
@@ -60,6 +71,7 @@ def test_add_frames_refuses_existing_ids_and_writes_nothing(ds: lv.Dataset) -> N
     assert sorted(ds.read("frames")["frame_id"]) == ids(3)
 
 
+@s3_slow
 def test_upsert_identical_rows_makes_no_commit(ds: lv.Dataset) -> None:
     ds.add_frames(frames(range(4)))
     ds.upsert_labels(labels(ids(4)))
@@ -69,6 +81,7 @@ def test_upsert_identical_rows_makes_no_commit(ds: lv.Dataset) -> None:
     assert ds.read("labels").height == 8
 
 
+@s3_slow
 def test_update_frames_changes_only_given_columns(ds: lv.Dataset) -> None:
     ds.add_frames(frames(range(3), weather=["sun", "rain", "fog"]))
     c = ds.update_frames([{"frame_id": "f00001", "width": 1024}])
@@ -79,6 +92,7 @@ def test_update_frames_changes_only_given_columns(ds: lv.Dataset) -> None:
         ds.update_frames([{"frame_id": "f00009", "width": 1}])
 
 
+@s3_slow
 def test_upsert_without_user_column_keeps_its_value(ds: lv.Dataset) -> None:
     ds.add_frames(frames(range(2), weather=["sun", "rain"]))
     ds.upsert_frames(frames(range(2)).with_columns(pl.lit(800).cast(pl.Int32).alias("width")))
@@ -111,6 +125,7 @@ def test_delete_labels(ds: lv.Dataset) -> None:
     assert ds.read("labels").height == 3
 
 
+@s3_slow
 def test_replace_labels_makes_each_frames_labels_exact(ds: lv.Dataset) -> None:
     ds.add_frames(frames(range(3)))
     ds.upsert_labels(labels(ids(3), per_frame=3))
@@ -123,6 +138,7 @@ def test_replace_labels_makes_each_frames_labels_exact(ds: lv.Dataset) -> None:
     assert c.counts["labels"] == lv.ChangeCounts(added=1, deleted=6)
 
 
+@s3_slow
 def test_labels_need_existing_frames_at_commit_time(ds: lv.Dataset) -> None:
     ds.add_frames(frames(range(1)))
     bad = labels(["f00000", "f00007"])
@@ -178,6 +194,7 @@ def test_inference_sets_pin_and_delete(ds: lv.Dataset) -> None:
     assert ds.at(c2.seq).read("inferences/m1").height == 3
 
 
+@s3_slow
 def test_accepts_arrow_pandas_and_dicts(ds: lv.Dataset) -> None:
     ds.add_frames(frames(range(1)).to_arrow())
     ds.add_frames(pd.DataFrame(frames(range(1, 2)).to_dict(as_series=False)))
@@ -186,6 +203,7 @@ def test_accepts_arrow_pandas_and_dicts(ds: lv.Dataset) -> None:
     assert sorted(ds.read("frames")["frame_id"]) == ids(4)
 
 
+@s3_slow
 def test_user_columns_keep_their_type(ds: lv.Dataset) -> None:
     ds.add_frames(frames(range(1), score=[1]))
     assert ds.read("frames").schema["score"] == pl.Int64
@@ -198,6 +216,7 @@ def test_user_columns_keep_their_type(ds: lv.Dataset) -> None:
     assert ds.read("frames").height == 3
 
 
+@s3_slow
 def test_extend_classes_is_recorded(ds: lv.Dataset) -> None:
     ds.add_frames(frames(range(1)))
     with pytest.raises(lv.ValidationError):
