@@ -23,6 +23,22 @@ from lakever.storage import Location
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_PEAK_RSS = """
+def _peak_rss():
+    # VmHWM is this process's own peak. ru_maxrss is not: after fork and exec
+    # it starts from the parent's resident size (a 3 GB parent made a child
+    # that peaked at 11 MB report 3 GB).
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+"""
+
+
 def in_child(code: str, **args: Any) -> dict[str, Any]:
     """Run `code` in a fresh Python; it sets `result`; return it with wall time and peak RSS.
 
@@ -30,12 +46,13 @@ def in_child(code: str, **args: Any) -> dict[str, Any]:
     """
     script = (
         "import json, resource, sys, time\n"
+        f"{_PEAK_RSS}\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         f"args = json.loads({json.dumps(json.dumps(args))})\n"
         "started = time.perf_counter()\n"
         f"{code}\n"
         "result['seconds'] = time.perf_counter() - started\n"
-        "result['peak_rss'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "result['peak_rss'] = _peak_rss()\n"
         "print('RESULT ' + json.dumps(result))\n"
     )
     proc = subprocess.run(
