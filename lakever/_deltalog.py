@@ -20,7 +20,6 @@ portable 64-bit Roaring bitmap.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import struct
@@ -32,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pyroaring import BitMap64
 
@@ -175,11 +175,8 @@ def _from_checkpoint(log_dir: Location, version: int) -> tuple[_State, int]:
     cp_version = int(parts[0].name[:20])
     for part in parts:
         try:
-            # One thread: pyarrow 26's threaded read of an in-memory file
-            # leaves the process to abort at exit (SIGABRT, "terminate called
-            # without an active exception") after the work is done.
             table = pq.read_table(
-                io.BytesIO(part.read_bytes()),
+                pa.BufferReader(_arrow_owned(part.read_bytes())),
                 columns=["add", "protocol", "metaData"],
                 use_threads=False,
             )
@@ -190,6 +187,22 @@ def _from_checkpoint(log_dir: Location, version: int) -> tuple[_State, int]:
                 if value is not None:
                     state.apply({column: value})
     return state, cp_version
+
+
+def _arrow_owned(data: bytes) -> pa.Buffer:
+    """A copy of `data` in memory that Arrow owns, not Python.
+
+    pyarrow's Parquet reader leaves a task on one of its pool threads that
+    holds the source until the thread drops it, which may happen during
+    interpreter shutdown. Freeing a Python-owned buffer there takes the GIL,
+    and the thread is torn down inside a C++ destructor: the process aborts
+    (SIGABRT, "terminate called without an active exception") after its work
+    is done, in some runs (apache/arrow#34314). Freeing Arrow's memory needs
+    no GIL.
+    """
+    sink = pa.BufferOutputStream()
+    sink.write(data)
+    return sink.getvalue()
 
 
 def _checkpoint_parts(log_dir: Location, version: int) -> list[Location]:
