@@ -9,9 +9,9 @@ feed does not see them; put-if-absent on the log entry, like every edit):
   one small file of new rows each; files are grouped in size tiers and a tier
   is merged, sorted, once it holds `COMPACT_MIN_FILES`.
 - **Purging vectors** (`Dataset.optimize`): every file carrying a vector is
-  rewritten with only its live rows, one file at a time, so memory holds one
-  file's rows however large the table. The version after it reads like a
-  freshly written table.
+  rewritten with only its live rows, one file at a time, so memory holds
+  about two files' rows however large the table. The version after it reads
+  like a freshly written table.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def _from_checkpoint(log_dir: Location, version: int) -> tuple[_State, int]:
             table = pq.read_table(
                 pa.BufferReader(_arrow_owned(part.read_bytes())),
                 columns=["add", "protocol", "metaData"],
-                use_threads=False,
+                use_threads=False,  # a checkpoint is small; no pool work to outlive us
             )
         except Exception as exc:
             raise StorageError(f"cannot read checkpoint {part.uri}: {exc}") from exc

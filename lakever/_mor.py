@@ -238,6 +238,8 @@ def _mark(
             continue
         total = _deltalog.num_records(add)
         if total is None:
+            if path not in marks:
+                continue  # no statistics: judged when an edit touches it, not read every edit
             total = int(scan_file(loc, path).select(pl.len()).collect().item())
         if dead >= REWRITE_FRACTION * total:
             over.append((dead / total, path, total - dead))
