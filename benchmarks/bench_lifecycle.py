@@ -149,12 +149,12 @@ def gc_after_edits(work: Path, n_labels: int, edits: int) -> tuple[str, lv.Datas
 @contextmanager
 def _small_files(rows: int) -> Iterator[None]:
     """Merge-on-read edits write files of `rows` rows (to make many files quickly)."""
-    real = _mor._rows_per_file
-    _mor._rows_per_file = lambda files: rows  # type: ignore[assignment]
+    real = _mor.rows_per_file
+    _mor.rows_per_file = lambda files: rows  # type: ignore[assignment]
     try:
         yield
     finally:
-        _mor._rows_per_file = real  # type: ignore[assignment]
+        _mor.rows_per_file = real  # type: ignore[assignment]
 
 
 def _many_files(lake: lv.Lake, n_files: int) -> lv.Dataset:

@@ -23,18 +23,7 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable
 
-from lakever import _delta, _deltalog
-from lakever._mor import (
-    _after_publish,
-    _info,
-    _publish,
-    _remove,
-    _rows,
-    _rows_per_file,
-    _schemas,
-    _write_data,
-    _writing,
-)
+from lakever import _delta, _deltalog, _mor
 from lakever.storage import Location
 
 #: Every write to a table with vectors merges a tier of small files once it holds this many.
@@ -64,10 +53,10 @@ def compact(
     masked = _by_range(files, set(files.masked()) - set(small), cluster) if purge else []
     if not small and not masked:
         return dt.version()
-    arrow_schema, schema = _schemas(dt)
+    arrow_schema, schema = _mor.schemas(dt)
     now = int(time.time() * 1000)
-    step = _rows_per_file(files)
-    with _writing(loc, "compact") as written:
+    step = _mor.rows_per_file(files)
+    with _mor.writing(loc, "compact") as written:
         adds: list[dict[str, Any]] = []
         pending = pl.DataFrame(schema=dict(schema))
         # One group at a time, carrying less than a file's rows to the next:
@@ -76,18 +65,22 @@ def compact(
         # sorted already, and files are taken in key order; the merged group
         # of small files is sorted here.
         for group in [[p] for p in masked] + ([small] if small else []):
-            rows = _rows(loc, files, group, table=table, schema=schema)
+            rows = _mor.live_frame(loc, files, group, table=table, schema=schema)
             pending = pl.concat([pending, rows.sort(cluster) if len(group) > 1 else rows])
             full = pending.height // step * step
             if full:
                 out = pending.head(full)
-                adds += _write_data(loc, out, arrow_schema, files, now, written, data_change=False)
+                adds += _mor.write_data(
+                    loc, out, arrow_schema, files, now, written, data_change=False
+                )
                 pending = pending.slice(full)
         if pending.height:
-            adds += _write_data(loc, pending, arrow_schema, files, now, written, data_change=False)
+            adds += _mor.write_data(
+                loc, pending, arrow_schema, files, now, written, data_change=False
+            )
         gone = [*small, *masked]
         actions: list[dict[str, Any]] = [
-            _info(
+            _mor.info_action(
                 {**claim, "lakever.compaction": "true"},
                 now,
                 "OPTIMIZE",
@@ -95,10 +88,10 @@ def compact(
                 {"numFilesRemoved": len(gone), "numFilesAdded": len(adds)},
             )
         ]
-        actions += [_remove(files.adds[p], now, data_change=False) for p in gone]
+        actions += [_mor.remove_action(files.adds[p], now, data_change=False) for p in gone]
         actions += [{"add": a} for a in adds]
-        _publish(loc, files.version, actions)
-    return _after_publish(dt, loc, files)
+        _mor.publish(loc, files.version, actions)
+    return _mor.after_publish(dt, loc, files)
 
 
 def _by_range(files: _deltalog.TableFiles, paths: set[str], cluster: list[str]) -> list[str]:

@@ -17,7 +17,8 @@ vector and an `add` of the same file with the new one (statistics kept, with
 rows pass `REWRITE_FRACTION` is rewritten instead: its live rows join the new
 data files and it is removed, so reads never pay for mostly-dead files. How
 many such files one edit rewrites is bounded by `REWRITE_BUDGET` (see `_mark`).
-Compaction, which uses the same commit format, is `_compact`.
+Compaction (`_compact`) writes the same commit format through the helpers
+without a leading underscore here (`writing`, `write_data`, `publish`, ...).
 
 Which rows to mark comes from `_feed.lookup` (file and position of each key).
 """
@@ -123,7 +124,7 @@ def write_edit(
     files = _deltalog.files_at(loc, base)
     if DV_FEATURE not in files.reader_features:
         raise LakeverError(f"table {loc.uri} has no deletion-vector feature at version {base}")
-    arrow_schema, schema = _schemas(dt)
+    arrow_schema, schema = schemas(dt)
     positions = edit.positions
     touched = pl.concat([edit.updates[edit.key], edit.deletes[edit.key]])
     if edit.positions_version != base:
@@ -139,29 +140,29 @@ def write_edit(
             f"(found {positions.height}); nothing was written"
         )
     now = int(time.time() * 1000)
-    with _writing(loc, "write an edit to") as written:
+    with writing(loc, "write an edit to") as written:
         budget = REWRITE_BUDGET * (touched.len() + edit.inserts.height)
         marks, removed_rows, survivors = _mark(loc, files, positions, budget=budget)
         data = pl.concat([edit.updates, edit.inserts, *survivors], how="diagonal_relaxed")
         data = data.select(list(schema)).sort(cluster)
-        adds = _write_data(loc, data, arrow_schema, files, now, written)
+        adds = write_data(loc, data, arrow_schema, files, now, written)
         vector_actions = _write_vectors(loc, marks, files, now, written)
         cdc = _write_cdc(loc, edit, schema, arrow_schema, now, written)
         actions = [_commit_info(claim, now, edit, len(adds), removed_rows), *vector_actions]
         actions += [{"add": a} for a in adds]
         actions += [{"cdc": cdc}] if cdc else []
-        _publish(loc, base, actions)
-    return _after_publish(dt, loc, files)
+        publish(loc, base, actions)
+    return after_publish(dt, loc, files)
 
 
-def _schemas(dt: DeltaTable) -> tuple[pa.Schema, dict[str, pl.DataType]]:
+def schemas(dt: DeltaTable) -> tuple[pa.Schema, dict[str, pl.DataType]]:
     """The table's schema as Arrow (for writing files) and as Polars types."""
     arrow_schema = pa.schema(dt.schema().to_arrow())
     return arrow_schema, dict(pl.DataFrame(arrow_schema.empty_table()).schema)
 
 
 @contextlib.contextmanager
-def _writing(loc: Location, action: str) -> Iterator[list[Location]]:
+def writing(loc: Location, action: str) -> Iterator[list[Location]]:
     """Collect the files a commit writes; if it fails, remove them (best effort)."""
     written: list[Location] = []
     try:
@@ -174,7 +175,7 @@ def _writing(loc: Location, action: str) -> Iterator[list[Location]]:
         raise
 
 
-def _publish(loc: Location, base: int, actions: list[dict[str, Any]]) -> None:
+def publish(loc: Location, base: int, actions: list[dict[str, Any]]) -> None:
     """Create log entry `base + 1` with put-if-absent; `WriteConflict` if it exists."""
     body = "".join(json.dumps(a, separators=(",", ":")) + "\n" for a in actions).encode()
     target = loc.child("_delta_log", _deltalog.version_file(base + 1))
@@ -182,7 +183,7 @@ def _publish(loc: Location, base: int, actions: list[dict[str, Any]]) -> None:
         raise WriteConflict(f"version {base + 1} of {loc.uri} was written meanwhile")
 
 
-def _after_publish(dt: DeltaTable, loc: Location, files: _deltalog.TableFiles) -> int:
+def after_publish(dt: DeltaTable, loc: Location, files: _deltalog.TableFiles) -> int:
     """Move `dt` to the version just published, checkpointing when the interval says so."""
     version = files.version + 1
     with boundary(f"load version {version} of", loc.uri):
@@ -286,7 +287,7 @@ def _parquet(df: pl.DataFrame, arrow_schema: pa.Schema) -> bytes:
     return sink.getvalue()
 
 
-def _rows_per_file(files: _deltalog.TableFiles) -> int:
+def rows_per_file(files: _deltalog.TableFiles) -> int:
     """Rows that make a file of about the target size, judged from the table's files."""
     size = rows = 0
     for add in files.adds.values():
@@ -298,7 +299,7 @@ def _rows_per_file(files: _deltalog.TableFiles) -> int:
     return max(1000, int(_delta.TARGET_FILE_SIZE / max(per_row, 1.0)))
 
 
-def _write_data(
+def write_data(
     loc: Location,
     data: pl.DataFrame,
     arrow_schema: pa.Schema,
@@ -309,7 +310,7 @@ def _write_data(
     data_change: bool = True,
 ) -> list[dict[str, Any]]:
     adds = []
-    step = _rows_per_file(files)
+    step = rows_per_file(files)
     for offset in range(0, data.height, step):
         chunk = data.slice(offset, step)
         name = f"part-00000-{uuid.uuid4()}-c000.zstd.parquet"
@@ -346,7 +347,7 @@ def _write_vectors(
         target = loc.child(f"deletion_vector_{file_id}.bin")
         written.append(target)
         target.put(content)
-    actions: list[dict[str, Any]] = [_remove(files.adds[p], now) for p in sorted(marks)]
+    actions: list[dict[str, Any]] = [remove_action(files.adds[p], now) for p in sorted(marks)]
     for (path, mark), blob, offset in zip(kept, blobs, offsets if kept else [], strict=True):
         add = {k: v for k, v in files.adds[path].items() if k != "deletionVector"}
         st = _deltalog.stats(add)
@@ -365,7 +366,7 @@ def _write_vectors(
     return actions
 
 
-def _remove(add: Mapping[str, Any], now: int, *, data_change: bool = True) -> dict[str, Any]:
+def remove_action(add: Mapping[str, Any], now: int, *, data_change: bool = True) -> dict[str, Any]:
     """The `remove` action of a live file, with the vector it had."""
     remove = {
         "path": add["path"],
@@ -414,7 +415,7 @@ def _write_cdc(
 def _commit_info(
     claim: Mapping[str, str], now: int, edit: Edit, added_files: int, removed_rows: int
 ) -> dict[str, Any]:
-    return _info(
+    return info_action(
         claim,
         now,
         "MERGE",
@@ -429,7 +430,7 @@ def _commit_info(
     )
 
 
-def _info(
+def info_action(
     claim: Mapping[str, str],
     now: int,
     operation: str,
@@ -486,13 +487,13 @@ def restore(
     if not set(gone) & set(back):
         return None
     require_available(loc, target, table=table)
-    arrow_schema, schema = _schemas(dt)
-    before = _rows(loc, cur, gone, table=table, schema=schema)
-    after = _rows(loc, old, back, table=table, schema=schema)
+    arrow_schema, schema = schemas(dt)
+    before = live_frame(loc, cur, gone, table=table, schema=schema)
+    after = live_frame(loc, old, back, table=table, schema=schema)
     edit = _net(before, after, key)
     now = int(time.time() * 1000)
     actions: list[dict[str, Any]] = [
-        _info(
+        info_action(
             {**claim, META_RESTORED_TO: str(target)},
             now,
             "RESTORE",
@@ -500,16 +501,16 @@ def restore(
             {"num_removed_file": len(gone), "num_restored_file": len(back)},
         )
     ]
-    actions += [_remove(cur.adds[p], now) for p in gone]
+    actions += [remove_action(cur.adds[p], now) for p in gone]
     actions += [{"add": {**old.adds[p], "dataChange": True}} for p in back]
-    with _writing(loc, f"restore version {target} of") as written:
+    with writing(loc, f"restore version {target} of") as written:
         cdc = _write_cdc(loc, edit, schema, arrow_schema, now, written)
         actions += [{"cdc": cdc}] if cdc else []
-        _publish(loc, base, actions)
-    return _after_publish(dt, loc, cur)
+        publish(loc, base, actions)
+    return after_publish(dt, loc, cur)
 
 
-def _rows(
+def live_frame(
     loc: Location,
     files: _deltalog.TableFiles,
     paths: list[str],

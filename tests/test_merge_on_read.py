@@ -349,7 +349,7 @@ def test_failed_edit_leaves_nothing_and_blocks_no_one(
         raise lv.StorageError("injected: the store refused the log entry")
 
     with monkeypatch.context() as m:
-        m.setattr(_mor, "_publish", broken)
+        m.setattr(_mor, "publish", broken)
         with pytest.raises(lv.StorageError, match="injected"):
             ds.upsert_labels(labels(fids[:4], per_frame=3, cls="bike"))
     # the data, vector and cdc files it wrote are gone; content is HEAD's
@@ -574,7 +574,7 @@ def test_failed_optimize_leaves_head_as_it_was_and_the_retry_finishes(
         raise lv.StorageError("injected: the store refused the log entry")
 
     with monkeypatch.context() as m:  # the rewritten files are written, the log entry fails
-        m.setattr(_compact, "_publish", broken)
+        m.setattr(_mor, "publish", broken)
         with pytest.raises(lv.StorageError, match="injected"):
             ds.optimize()
     assert {p.name for p in root.iterdir() if p.is_file()} == files_before
