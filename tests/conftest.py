@@ -7,8 +7,11 @@ through the parametrised `lake` fixture.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,18 +25,49 @@ from tests.helpers import S3Server
 _bucket_ids = itertools.count()
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No real credentials, no home-directory state, no inherited lake."""
+def _isolate_the_process() -> dict[str, str]:
+    """Write the process environment once, before any test runs; return a copy.
+
+    No real credentials, no home-directory state, no inherited lake, and TZ
+    set so that a test may change it in place. This is the only place the
+    tests write the C environment. Once a process has read S3 through Polars
+    (2.1), a background thread of Polars calls getenv() every 100 ms, and
+    glibc's setenv() is not thread-safe: adding a variable then moves the
+    array that thread is reading, and the process dies of SIGSEGV. The suite
+    crashed so about once in 15 runs while each test added and removed its
+    variables (docs/ARCHITECTURE.md, "Environment variables").
+    """
     for var in list(os.environ):
         if var.startswith(("AWS_", "LAKEVER_")):
-            monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("LAKEVER_AUTHOR", "tester")
+            del os.environ[var]
+    home = tempfile.mkdtemp(prefix="lakever-tests-home-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    os.environ.update(
+        {
+            "HOME": home,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "LAKEVER_AUTHOR": "tester",
+        }
+    )
+    os.environ.setdefault("TZ", "UTC")
+    return dict(os.environ)
+
+
+_PROCESS_ENV = _isolate_the_process()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees its own `os.environ`: a plain dict, so no change reaches the C environment.
+
+    `monkeypatch.setenv`, `os.getenv` and lakever's own lookups all go
+    through `os.environ`, so they see the test's values; native code and
+    subprocesses started without `env=` see the process environment above.
+    """
+    monkeypatch.setattr(os, "environ", {**_PROCESS_ENV, "HOME": str(tmp_path / "home")})
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
 import time
 from pathlib import Path
@@ -40,22 +42,36 @@ def test_refs_of_another_dataset_are_refused(two: tuple[lv.Dataset, lv.Dataset])
     assert a.at(a.at(1)).commit == a.head  # its own view is fine
 
 
-def test_numpy_seqs_odd_digits_and_local_naive_times(
-    two: tuple[lv.Dataset, lv.Dataset], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_numpy_seqs_odd_digits_and_local_naive_times(two: tuple[lv.Dataset, lv.Dataset]) -> None:
     _, b = two
     assert b.at(np.int64(1)).commit.seq == 1
     with pytest.raises(lv.InvalidRefError):
         b.at("²")
-    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9: a naive time read as UTC would miss
+    # UTC+9: a naive time read as UTC would miss. tzset() reads the C environment,
+    # where the suite set TZ before any test ran: this overwrites it in place.
+    process_tz = os.environ["TZ"]
+    os.putenv("TZ", "Asia/Tokyo")
     time.tzset()
     try:
         local = b.log()[1].created_at.astimezone().replace(tzinfo=None)
+        assert local.hour == (b.log()[1].created_at.hour + 9) % 24
         assert b.resolve(local).seq == 1
         assert b.resolve(local.isoformat()).seq == 1
     finally:
-        monkeypatch.delenv("TZ")
+        os.putenv("TZ", process_tz)
         time.tzset()
+
+
+def test_a_tests_environment_never_reaches_the_c_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Adding to the C environment can crash a process that read S3 through Polars (conftest)."""
+    libc = ctypes.CDLL(None)
+    libc.getenv.restype = ctypes.c_char_p
+    monkeypatch.setenv("LAKEVER_PROBE", "1")
+    assert os.getenv("LAKEVER_PROBE") == "1"
+    assert libc.getenv(b"LAKEVER_PROBE") is None
+    assert libc.getenv(b"AWS_ACCESS_KEY_ID") == b"testing"
 
 
 def test_moved_lake_reads_through_the_recipe(tmp_path: Path) -> None:
