@@ -26,16 +26,17 @@ _bucket_ids = itertools.count()
 
 
 def _isolate_the_process() -> dict[str, str]:
-    """Write the process environment once, before any test runs; return a copy.
+    """Write the C environment once, before any test runs; hand Python a dict copy.
 
     No real credentials, no home-directory state, no inherited lake, and TZ
-    set so that a test may change it in place. This is the only place the
-    tests write the C environment. Once a process has read S3 through Polars
-    (2.1), a background thread of Polars calls getenv() every 100 ms, and
-    glibc's setenv() is not thread-safe: adding a variable then moves the
-    array that thread is reading, and the process dies of SIGSEGV. The suite
-    crashed so about once in 15 runs while each test added and removed its
-    variables (docs/ARCHITECTURE.md, "Environment variables").
+    set so that a test may overwrite it in place. Nothing in this process
+    adds to the C environment afterwards. Once a process has read S3 through
+    Polars (2.1), a Polars thread calls getenv() every 100 ms, and glibc's
+    setenv() is not thread-safe: adding a variable moves the array that
+    thread reads, and the process dies of SIGSEGV. The suite crashed so about
+    once in 15 fast runs: pytest adds and removes PYTEST_CURRENT_TEST around
+    every test, and each test added and removed its own variables
+    (docs/ARCHITECTURE.md, "Environment variables").
     """
     for var in list(os.environ):
         if var.startswith(("AWS_", "LAKEVER_")):
@@ -53,7 +54,12 @@ def _isolate_the_process() -> dict[str, str]:
         }
     )
     os.environ.setdefault("TZ", "UTC")
-    return dict(os.environ)
+    # From here on `os.environ` is a plain dict: pytest, monkeypatch.setenv,
+    # os.getenv and lakever's lookups read and write it; native code and
+    # subprocesses started without `env=` see the C environment written above.
+    copy = dict(os.environ)
+    os.environ = copy  # type: ignore[assignment]  # noqa: B003 (the point: C is left alone)
+    return dict(copy)
 
 
 _PROCESS_ENV = _isolate_the_process()
@@ -61,12 +67,7 @@ _PROCESS_ENV = _isolate_the_process()
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test sees its own `os.environ`: a plain dict, so no change reaches the C environment.
-
-    `monkeypatch.setenv`, `os.getenv` and lakever's own lookups all go
-    through `os.environ`, so they see the test's values; native code and
-    subprocesses started without `env=` see the process environment above.
-    """
+    """Each test gets its own `os.environ` (a dict, as above) with its own HOME."""
     monkeypatch.setattr(os, "environ", {**_PROCESS_ENV, "HOME": str(tmp_path / "home")})
 
 
