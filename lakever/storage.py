@@ -100,11 +100,21 @@ class Location:
 
         Objects loaded through one connection are cached under this digest, so a
         connection never reads through objects another one's credentials loaded.
+        On S3 the AWS environment variables, which fill the options' gaps, count
+        as they stand now: a changed variable is never answered from objects
+        loaded under the old one.
         """
         digest = hashlib.sha256()
-        for key, value in sorted(self.options.items()):
+        settings = sorted(self.options.items()) + list(self._environment())
+        for key, value in settings:
             digest.update(f"{key}\0{value}\0".encode())
         return digest.hexdigest()[:32]
+
+    def _environment(self) -> tuple[tuple[str, str], ...]:
+        """The AWS variables that fill this location's gaps (none for a local path)."""
+        if self.is_local:
+            return ()
+        return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
 
     @property
     def is_local(self) -> bool:
@@ -133,7 +143,7 @@ class Location:
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
         """The fsspec filesystem for this location (cached per option set)."""
-        return _filesystem(self.is_local, tuple(sorted(self.options.items())))
+        return _filesystem(self.is_local, tuple(sorted(self.options.items())), self._environment())
 
     @property
     def path(self) -> str:
@@ -353,11 +363,15 @@ def _local_put_if_absent(path: str, data: bytes) -> bool:
     return True
 
 
-_FS_CACHE: dict[tuple[bool, tuple[tuple[str, str], ...]], Any] = {}
+_Settings = tuple[tuple[str, str], ...]
+_FS_CACHE: dict[tuple[bool, _Settings, _Settings], Any] = {}
 
 
-def _filesystem(local: bool, options: tuple[tuple[str, str], ...]) -> fsspec.AbstractFileSystem:
-    key = (local, options)
+def _filesystem(
+    local: bool, options: _Settings, environment: _Settings
+) -> fsspec.AbstractFileSystem:
+    """One filesystem per option set and state of the AWS environment it reads."""
+    key = (local, options, environment)
     fs = _FS_CACHE.get(key)
     if fs is None:
         fs = fsspec.filesystem("file") if local else _s3_filesystem(dict(options))

@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -14,6 +15,7 @@ import pytest
 
 import lakever as lv
 from lakever import _delta
+from lakever.storage import Location
 from tests.helpers import CLASSES, content_hash, frames, labels
 
 
@@ -135,8 +137,32 @@ def test_no_credentials_is_a_storage_error(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    with pytest.raises(lv.StorageError):
+    # These reach botocore through os.environ; the C environment keeps the
+    # suite's test credentials (conftest), so the message is what shows which path ran.
+    with pytest.raises(lv.StorageError, match="Unable to locate credentials"):
         lv.connect("s3://bucket/lake").list_datasets()
+
+
+def test_a_changed_aws_variable_takes_effect_on_the_next_call(
+    monkeypatch: pytest.MonkeyPatch, s3_server: Any, s3_bucket: str
+) -> None:
+    """S3 settings read the environment as it stands, not as it stood at first use."""
+    uri = f"s3://{s3_bucket}/lake"
+    lv.connect(uri, storage_options=s3_server.storage_options()).create_dataset(
+        "cams", classes=CLASSES
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    lake = lv.connect(uri)
+    with pytest.raises(lv.StorageError, match=r"127\.0\.0\.1:9/"):
+        lake.list_datasets()
+    before = Location(uri).fingerprint
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    assert lake.list_datasets()["name"].to_list() == ["cams"]
+    assert Location(uri).fingerprint != before  # cached tables are not shared either
+    local = Location("/tmp/lake").fingerprint
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "another")
+    assert Location("/tmp/lake").fingerprint == local  # a local lake ignores AWS settings
 
 
 def test_empty_batches_limits_and_equal_reverts_are_no_ops(lake: lv.Lake) -> None:
