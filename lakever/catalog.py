@@ -256,6 +256,7 @@ class Lake:
         images_root: str | None = None,
         exist_ok: bool = False,
         upload_id: str | None = None,
+        chunk_rows: int = 100_000,
     ) -> tuple[Dataset, Upload]:
         """Create a dataset from a COCO annotation file (its categories are the classes).
 
@@ -266,6 +267,7 @@ class Lake:
             exist_ok: import into the dataset of that name if it exists (its
                 class map must hold every category of the file).
             upload_id: the upload's id (a retry with the same id resumes it).
+            chunk_rows: rows per commit, as for `Dataset.ingest`.
 
         Returns:
             The dataset and the `Upload` that filled it.
@@ -288,7 +290,9 @@ class Lake:
                 "to import into it"
             )
         ds = self.create_dataset(name, classes=coco.category_names(doc), exist_ok=True)
-        up = ds.import_coco(doc, images_root=images_root, upload_id=upload_id)
+        up = ds.import_coco(
+            doc, images_root=images_root, upload_id=upload_id, chunk_rows=chunk_rows
+        )
         return ds, up
 
     def list_datasets(

@@ -105,6 +105,7 @@ class DataIO:
         images_root: str | None = None,
         upload_id: str | None = None,
         mode: str = "upsert",
+        chunk_rows: int = 100_000,
     ) -> Upload:
         """Bring a COCO annotation file in as frames and labels, as one upload.
 
@@ -118,10 +119,13 @@ class DataIO:
             images_root: joined in front of each ``file_name`` to make the frame's URI.
             upload_id: the upload's id (a retry with the same id resumes it).
             mode: as for `ingest`.
+            chunk_rows: rows per commit, as for `ingest`.
         """
         ds = self._self()
         doc = _document(ds, annotations)
-        return _import_coco(ds, doc, images_root=images_root, upload_id=upload_id, mode=mode)
+        return _import_coco(
+            ds, doc, images_root=images_root, upload_id=upload_id, mode=mode, chunk_rows=chunk_rows
+        )
 
     def import_coco_results(
         self,
@@ -170,6 +174,7 @@ class DataIO:
         classes: list[str] | None = None,
         upload_id: str | None = None,
         mode: str = "upsert",
+        chunk_rows: int = 100_000,
     ) -> Upload:
         """Bring a YOLO folder (``images/``, ``labels/``, ``data.yaml``) in, as one upload.
 
@@ -182,6 +187,7 @@ class DataIO:
                 else the dataset's class map).
             upload_id: the upload's id.
             mode: as for `ingest`.
+            chunk_rows: rows per commit, as for `ingest`.
         """
         from lakever import yolo
 
@@ -195,6 +201,7 @@ class DataIO:
             labels=labels,
             upload_id=upload_id,
             mode=mode,
+            chunk_rows=chunk_rows,
             message=f"import YOLO {root}",
         )
 
@@ -240,6 +247,7 @@ def _import_coco(
     images_root: str | None,
     upload_id: str | None,
     mode: str,
+    chunk_rows: int,
 ) -> Upload:
     from lakever import coco
 
@@ -252,5 +260,6 @@ def _import_coco(
         labels=labels,
         upload_id=upload_id,
         mode=mode,
+        chunk_rows=chunk_rows,
         message="import COCO annotations",
     )

@@ -221,6 +221,9 @@ class Dataset(DataIO, Review, Lifecycle, Snapshots, TableReader):
     def _reading_commit(self) -> Commit:
         return self.head
 
+    def _pinned(self) -> View:
+        return View(self, self.head, "HEAD")
+
     def log(self, *, limit: int | None = None) -> list[Commit]:
         """Commits, newest first (at most `limit`; 0 gives none)."""
         if limit is not None and (isinstance(limit, bool) or limit < 0):

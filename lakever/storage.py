@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import os
 import posixpath
-import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from urllib.parse import urlparse
 
 import fsspec
 
-from lakever.errors import StorageError
+from lakever.errors import InvalidInputError, StorageError
 
 #: Environment variable naming the default lake.
 ENV_URI = "LAKEVER_URI"
@@ -122,7 +121,19 @@ class Location:
         return "://" not in self.uri
 
     def child(self, *parts: str) -> Location:
-        """Return the location of a path below this one."""
+        """Return the location of a path below this one.
+
+        Raises:
+            InvalidInputError: a part would leave this location (an absolute
+                path, a ``..`` segment) or holds a NUL; names from data must go
+                through `lakever.filenames.encode` first.
+        """
+        for part in parts:
+            if part.startswith("/") or "\0" in part or ".." in part.split("/"):
+                raise InvalidInputError(
+                    f"{part!r} is not a path inside {self.uri}: it is absolute, holds a NUL "
+                    "or a '..' segment"
+                )
         return Location(posixpath.join(self.uri, *parts), self.options, self.scope)
 
     @property
@@ -210,9 +221,11 @@ class Location:
         try:
             if self.is_local:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".tmp-")
+                tmp = os.path.join(os.path.dirname(self.path), f".tmp-{uuid.uuid4().hex}")
                 try:
-                    with os.fdopen(fd, "wb") as fh:
+                    # The mode the umask gives, as for the Delta files beside it
+                    # (mkstemp's 0600 shut other accounts out of a shared lake).
+                    with open(tmp, "xb") as fh:
                         fh.write(data)
                     os.replace(tmp, self.path)
                 finally:

@@ -82,14 +82,20 @@ class TableReader:
 
     # -- export -----------------------------------------------------------------------
 
-    def export(self, path: str, *, format: str = "parquet") -> list[str]:
+    def export(self, path: str, *, format: str = "parquet", overwrite: bool = False) -> list[str]:
         """Write every table to ``path/<table>.<format>`` ('parquet', 'csv' or 'jsonl').
 
-        `path` is a local folder or an s3:// prefix. Returns the files written.
+        `path` is a local folder or an s3:// prefix. Afterwards it holds exactly
+        this export: files an earlier lakever export wrote there are replaced or
+        removed (see `lakever.exports`). Returns the files written.
+
+        Raises:
+            InvalidInputError: `path` holds files no lakever export wrote, and
+                `overwrite` is False (True removes them).
         """
         from lakever.exports import export_tables
 
-        return export_tables(self, path, format=format)
+        return export_tables(self._pinned(), path, format=format, overwrite=overwrite)
 
     def export_coco(self, path: str | None = None) -> dict[str, Any]:
         """The frames and labels as a COCO document; also written to `path` when given.
@@ -100,17 +106,23 @@ class TableReader:
         """
         from lakever.exports import export_coco
 
-        return export_coco(self, path)
+        return export_coco(self._pinned(), path)
 
-    def export_yolo(self, directory: str) -> int:
+    def export_yolo(self, directory: str, *, overwrite: bool = False) -> int:
         """Write the frames and labels as a YOLO folder; return the number of frames.
 
-        Writes ``labels/<frame_id>.txt``, ``data.yaml`` (the class map, in
-        order) and ``images.txt`` (the image URIs). Images are not copied.
+        Writes ``labels/<frame_id>.txt`` (the id encoded as a safe file name by
+        `lakever.filenames.encode`), ``data.yaml`` (the class map, in order) and
+        ``images.txt`` (the image URIs). Images are not copied. The folder then
+        holds exactly this export, as for `export`.
         """
         from lakever.exports import export_yolo
 
-        return export_yolo(self, directory)
+        return export_yolo(self._pinned(), directory, overwrite=overwrite)
+
+    def _pinned(self) -> TableReader:
+        """Return this reader fixed at one commit, so a long export never mixes versions."""
+        return self
 
     @property
     def tables(self) -> list[str]:

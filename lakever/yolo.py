@@ -14,7 +14,8 @@ the names becomes that number as ``cls`` and is rejected as an unknown class;
 a malformed line is rejected as a bad box.
 
 Export writes ``labels/<frame_id>.txt`` for every frame (empty when it has no
-labels), ``data.yaml`` with the class map in order, and ``images.txt`` with one
+labels; the id encoded by `lakever.filenames.encode`, so ``cam 1/7`` is
+``cam%201%2F7.txt``), ``data.yaml`` with the class map in order, and ``images.txt`` with one
 image URI per line, in the same order as the label files.
 """
 
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import yaml
 
+from lakever import filenames
 from lakever.errors import InvalidInputError
 from lakever.schema import FRAMES, LABELS, TableKind, core_columns
 from lakever.storage import Location, user_location
@@ -150,9 +152,12 @@ def _label(
     }
 
 
-def export_dataset(reader: TableReader, directory: str, options: Mapping[str, str]) -> int:
-    """Write a version as a YOLO folder; return the number of label files written."""
-    loc = _root(directory, options)
+def export_files(reader: TableReader) -> list[tuple[str, bytes]]:
+    """The files of a version as a YOLO folder: (path inside the folder, bytes) pairs.
+
+    Label files are named after the frame id, encoded by `lakever.filenames.encode`
+    (so a hostile id never names a path outside the folder).
+    """
     classes = list(reader.classes)
     index = {c: i for i, c in enumerate(classes)}
     frames = reader.read(FRAMES).sort("frame_id")
@@ -171,12 +176,13 @@ def export_dataset(reader: TableReader, directory: str, options: Mapping[str, st
     by_frame: dict[str, list[str]] = {}
     for f, c, cx, cy, nw, nh, _ in lines.iter_rows():
         by_frame.setdefault(f, []).append(f"{c} {cx!r} {cy!r} {nw!r} {nh!r}")
+    files = []
     for frame_id in frames["frame_id"].to_list():
         text = "".join(line + "\n" for line in by_frame.get(frame_id, []))
-        loc.child("labels", f"{frame_id}.txt").put(text.encode())
+        name = filenames.encode(frame_id, what="frame id")
+        files.append((f"labels/{name}.txt", text.encode()))
     names = {i: c for i, c in enumerate(classes)}
-    loc.child("data.yaml").put(
-        yaml.safe_dump({"nc": len(classes), "names": names}, sort_keys=False).encode()
-    )
-    loc.child("images.txt").put("".join(u + "\n" for u in frames["uri"].to_list()).encode())
-    return frames.height
+    data = yaml.safe_dump({"nc": len(classes), "names": names}, sort_keys=False).encode()
+    files.append(("data.yaml", data))
+    files.append(("images.txt", "".join(u + "\n" for u in frames["uri"].to_list()).encode()))
+    return files

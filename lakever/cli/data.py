@@ -89,9 +89,21 @@ def import_cmd(
     if fmt == "coco":
         if exists:
             ds = lake.dataset(dataset)
-            up = ds.import_coco(source, images_root=images_root, upload_id=upload_id, mode=mode)
+            up = ds.import_coco(
+                source,
+                images_root=images_root,
+                upload_id=upload_id,
+                mode=mode,
+                chunk_rows=chunk_rows,
+            )
         else:
-            ds, up = lake.import_coco(dataset, source, images_root=images_root, upload_id=upload_id)
+            ds, up = lake.import_coco(
+                dataset,
+                source,
+                images_root=images_root,
+                upload_id=upload_id,
+                chunk_rows=chunk_rows,
+            )
     elif fmt == "yolo":
         from lakever import yolo
 
@@ -104,7 +116,7 @@ def import_cmd(
                 )
             lake.create_dataset(dataset, classes=names, exist_ok=True)
         ds = lake.dataset(dataset)
-        up = ds.import_yolo(source, upload_id=upload_id, mode=mode)
+        up = ds.import_yolo(source, upload_id=upload_id, mode=mode, chunk_rows=chunk_rows)
     else:
         ds = lake.dataset(dataset)
         rows: dict[str, Any] = {"frames": None, "labels": None, "inferences": None}
@@ -138,6 +150,10 @@ def export_cmd(
     fmt: Annotated[
         str, typer.Option("--format", help="coco, yolo, parquet, csv or jsonl.")
     ] = "parquet",
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace a folder holding files no lakever export wrote."),
+    ] = False,
 ) -> None:
     """Write a version (default HEAD) out: COCO JSON, a YOLO folder, or a file per table."""
     if len(args) not in (2, 3):
@@ -155,11 +171,11 @@ def export_cmd(
         written = [out]
         detail = f"{len(doc['images'])} images, {len(doc['annotations'])} annotations"
     elif fmt == "yolo":
-        n = view.export_yolo(out)
+        n = view.export_yolo(out, overwrite=overwrite)
         written = [out]
         detail = f"{n} frames"
     else:
-        written = view.export(out, format=fmt)
+        written = view.export(out, format=fmt, overwrite=overwrite)
         detail = f"{len(written)} tables"
     if json_out:
         o.emit_json({"commit": view.commit.seq, "format": fmt, "written": written})

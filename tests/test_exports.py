@@ -1,0 +1,238 @@
+"""Exports: every file lands inside the folder named, and a folder holds one export only."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lakever as lv
+from lakever import filenames
+from lakever.exports import MANIFEST
+from tests.helpers import CLASSES, frames, labels
+
+HOSTILE = [
+    "../../escape",
+    "/srv/abs-escape",
+    "..",
+    ".",
+    "a\\..\\b",
+    "nul\x00byte",
+    "CON",
+    "lpt1.txt",
+    "cam 1/000123",
+    "100%",
+    "trailing.",
+    "日本語のフレーム",
+    "x" * 150,
+]
+
+
+def _files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def _hostile_dataset(lake: lv.Lake, ids: list[str]) -> lv.Dataset:
+    ds = lake.create_dataset("hostile", classes=CLASSES)
+    ds.add_frames(frames(ids))
+    ds.upsert_labels(labels(ids, per_frame=1))
+    return ds
+
+
+def test_yolo_export_never_writes_outside_its_folder(local_lake: lv.Lake, tmp_path: Path) -> None:
+    ds = _hostile_dataset(local_lake, HOSTILE)
+    assert ds.at("HEAD").export_yolo(str(tmp_path / "out" / "yolo")) == len(HOSTILE)
+    outside = {p for p in _files_under(tmp_path) if not p.startswith(("out/yolo/", "lake/"))}
+    assert outside == set()
+    assert not Path("/srv/abs-escape.txt").exists()
+    written = sorted((tmp_path / "out" / "yolo" / "labels").iterdir())
+    assert sorted(filenames.decode(p.name.removesuffix(".txt")) for p in written) == sorted(HOSTILE)
+    # each label file holds its frame's one box
+    by_id = {filenames.decode(p.name.removesuffix(".txt")): p.read_text() for p in written}
+    assert all(text.count("\n") == 1 for text in by_id.values())
+
+
+def test_cli_yolo_export_encodes_ids(local_lake: lv.Lake, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lakever.cli import app
+
+    _hostile_dataset(local_lake, ["../../escape", "/srv/abs-escape"])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["export", "hostile", str(out), "--format", "yolo", "--uri", local_lake.uri]
+    )
+    assert result.exit_code == 0, result.output
+    assert _files_under(out) == {
+        "labels/%2E.%2F..%2Fescape.txt",
+        "labels/%2Fsrv%2Fabs-escape.txt",
+        "data.yaml",
+        "images.txt",
+        MANIFEST,
+    }
+    assert not (tmp_path / "escape.txt").exists()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(min_size=1, max_size=120))
+def test_encoded_names_are_one_safe_segment_and_decode_back(name: str) -> None:
+    try:
+        enc = filenames.encode(name)
+    except lv.InvalidInputError:
+        assert len(name.encode()) * 3 > filenames.MAX_ENCODED  # only over-long names
+        return
+    assert "/" not in enc and "\\" not in enc and "\x00" not in enc
+    assert enc not in (".", "..") and not enc.startswith(".") and not enc.endswith(".")
+    assert enc.isascii() and len(enc) <= filenames.MAX_ENCODED
+    assert enc.split(".")[0].upper() not in {"CON", "PRN", "AUX", "NUL", "COM1", "LPT1"}
+    assert filenames.decode(enc) == name
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.lists(
+        st.lists(
+            st.sampled_from(["..", ".", "/", "\\", "\x00", "a", "é", "CON", " ", "%", "x" * 90]),
+            min_size=1,
+            max_size=6,
+        ).map("".join),
+        min_size=1,
+        max_size=6,
+        unique=True,
+    )
+)
+def test_generated_ids_never_escape_the_export(
+    tmp_path_factory: pytest.TempPathFactory, ids: list[str]
+) -> None:
+    root = tmp_path_factory.mktemp("fuzz")
+    ids = [i for i in ids if i.strip() and len(i) < 60]  # keys must not be blank
+    if not ids:
+        return
+    lake = lv.connect(root / "lake")
+    _hostile_dataset(lake, ids)
+    lake.dataset("hostile").export_yolo(str(root / "out"))
+    outside = {p for p in _files_under(root) if not p.startswith(("out/", "lake/"))}
+    assert outside == set()
+    names = [p.name.removesuffix(".txt") for p in (root / "out" / "labels").iterdir()]
+    assert sorted(filenames.decode(n) for n in names) == sorted(ids)
+
+
+def test_location_refuses_paths_that_leave_it(tmp_path: Path) -> None:
+    from lakever.storage import Location
+
+    loc = Location(str(tmp_path))
+    for bad in ("../x", "/etc/passwd", "a/../../b", "nul\x00"):
+        with pytest.raises(lv.InvalidInputError, match="not a path inside"):
+            loc.child(bad)
+    assert loc.child("a", "b.txt").uri == f"{tmp_path}/a/b.txt"
+
+
+# -- one export per folder -------------------------------------------------------------
+
+
+def test_export_replaces_an_earlier_export_whole(lake: lv.Lake, tmp_path: Path) -> None:
+    ds = lake.create_dataset("cams", classes=CLASSES)
+    ds.add_frames(frames(range(3)))
+    ds.upsert_labels(labels(["f00000", "f00001", "f00002"], per_frame=1))
+    ds.upsert_inferences("yolo", labels(["f00000"], per_frame=1).with_columns(confidence=0.5))
+    out = tmp_path / "out"
+    ds.export_yolo(str(out))
+    assert (out / "labels" / "f00002.txt").exists()
+    ds.delete_labels(["f00002-l0"])
+    ds.delete_frames(["f00002"])
+    ds.export_yolo(str(out))
+    assert not (out / "labels" / "f00002.txt").exists()  # a deleted frame's labels are gone
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["f00000.txt", "f00001.txt"]
+
+    tables = tmp_path / "tables"
+    ds.export(str(tables))
+    assert (tables / "inferences" / "yolo.parquet").exists()
+    ds.drop_inferences("yolo")
+    written = ds.export(str(tables), format="csv")
+    assert _files_under(tables) == {"frames.csv", "labels.csv", MANIFEST}
+    assert len(written) == 2
+    manifest = json.loads((tables / MANIFEST).read_text())
+    assert manifest["seq"] == ds.head.seq and manifest["complete"] is True
+    assert pl.read_csv(tables / "labels.csv").height == 2
+
+
+def test_export_refuses_a_folder_holding_other_files(local_lake: lv.Lake, tmp_path: Path) -> None:
+    ds = local_lake.create_dataset("cams", classes=CLASSES)
+    ds.add_frames(frames(range(2)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(lv.InvalidInputError, match=r"notes\.txt.*overwrite=True"):
+        ds.export(str(out))
+    assert _files_under(out) == {"notes.txt"}  # nothing written, nothing removed
+    with pytest.raises(lv.InvalidInputError, match=r"notes\.txt"):
+        ds.export_yolo(str(out))
+    ds.export(str(out), overwrite=True)
+    assert _files_under(out) == {"frames.parquet", "labels.parquet", MANIFEST}
+
+
+def test_cli_export_overwrite(local_lake: lv.Lake, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lakever.cli import app
+
+    ds = local_lake.create_dataset("cams", classes=CLASSES)
+    ds.add_frames(frames(range(2)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stray.parquet").write_bytes(b"x")
+    args = ["export", "cams", str(out), "--uri", local_lake.uri]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2, refused.output
+    assert "stray.parquet" in refused.output
+    done = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert done.exit_code == 0, done.output
+    assert "stray.parquet" not in _files_under(out)
+
+
+def test_export_killed_midway_is_recognised_next_time(
+    local_lake: lv.Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lakever.storage import Location
+
+    ds = local_lake.create_dataset("cams", classes=CLASSES)
+    ds.add_frames(frames(range(4)))
+    out = tmp_path / "out"
+    ds.export(str(out))
+    real_put = Location.put
+    calls = []
+
+    def dying_put(self: Location, data: bytes) -> None:
+        calls.append(self.uri)
+        if len(calls) == 3:
+            raise lv.StorageError(f"cannot write {self.uri}: the disk is full")
+        real_put(self, data)
+
+    monkeypatch.setattr(Location, "put", dying_put)
+    with pytest.raises(lv.StorageError):
+        ds.export(str(out), format="jsonl")
+    monkeypatch.setattr(Location, "put", real_put)
+    ds.export(str(out), format="csv")  # no file of the broken run counts as foreign
+    assert _files_under(out) == {"frames.csv", "labels.csv", MANIFEST}
+
+
+def test_export_files_follow_the_umask(local_lake: lv.Lake, tmp_path: Path) -> None:
+    ds = local_lake.create_dataset("cams", classes=CLASSES)
+    ds.add_frames(frames(range(2)))
+    old = os.umask(0o022)
+    try:
+        ds.export(str(tmp_path / "out"))
+        ds.export_coco(str(tmp_path / "doc.json"))
+    finally:
+        os.umask(old)
+    for p in [*(tmp_path / "out").rglob("*.parquet"), tmp_path / "doc.json"]:
+        assert p.stat().st_mode & 0o777 == 0o644, p
