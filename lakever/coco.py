@@ -3,7 +3,10 @@
 Mapping (COCO → lakever):
 
 - ``images``: ``id`` → ``frame_id`` (as text); ``file_name`` → ``uri`` (joined
-  with `images_root` when given) and kept as the ``file_name`` column;
+  with `images_root` when given; then a ``file_name`` that would leave it, such
+  as ``../../etc/passwd`` or ``/etc/shadow``, is rejected with rule
+  ``unsafe_path``; without `images_root` the ``uri`` is the name as given) and
+  kept as the ``file_name`` column;
   ``width``, ``height``; ``video_id`` → ``group_id`` and ``frame_index`` →
   ``sequence`` when present (the frame is then a ``video_frame``); any other
   field → a column of the same name.
@@ -13,9 +16,12 @@ Mapping (COCO → lakever):
   or RLE) → a JSON text column; ``area``, ``iscrowd``, ``score``,
   ``track_id``, ``keypoints`` and any other field → columns of the same name
   (lists and objects other than lists of numbers as JSON text).
-- ``categories``: their names, in file order, are the class map. The records
-  themselves (ids, supercategory, keypoint names), ``info`` and ``licenses``
-  are kept in ``_lakever/coco.json`` so an export gives them back.
+- ``categories``: their names, in file order, are the class map; two
+  categories sharing an id under different names refuse the file
+  (`ValidationError`). The records themselves (ids, supercategory, keypoint
+  names), ``info``, ``licenses`` and any top-level key COCO does not define
+  (kwcoco's ``videos``, ``tracks``, ...) are kept in ``_lakever/coco.json`` so
+  an export gives them back.
 
 Export inverts all of it; `pycocotools.coco.COCO` loads the result.
 """
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lakever.errors import InvalidInputError
+from lakever.errors import InvalidInputError, RowError, ValidationError
 from lakever.schema import FRAMES, LABELS, core_columns
 from lakever.storage import user_location
 
@@ -42,6 +48,8 @@ _META = ("_lakever", "coco.json")
 _IMAGE_CORE = {"id", "file_name", "width", "height", "video_id", "frame_index"}
 _ANN_CORE = {"id", "image_id", "category_id", "bbox"}
 _JSON_ALWAYS = {"segmentation"}
+#: Top-level keys with a meaning of their own; any other is kept as it is.
+_DOC_KEYS = {"images", "annotations", "categories", "info", "licenses"}
 
 
 def read_json(source: str | os.PathLike[str], options: Mapping[str, str], *, what: str) -> Any:
@@ -70,12 +78,31 @@ def read_document(source: str, options: Mapping[str, str]) -> dict[str, Any]:
 
 
 def category_names(doc: Mapping[str, Any]) -> list[str]:
-    """The class map a COCO file implies: its category names, in file order."""
+    """The class map a COCO file implies: its category names, in file order.
+
+    Raises:
+        InvalidInputError: a category has no name.
+        ValidationError: two categories share an id under different names (an
+            annotation of that id could be either; nothing is guessed).
+    """
     names = []
+    by_id: dict[Any, str] = {}
+    clashes: list[RowError] = []
     for cat in doc.get("categories", []):
         if not isinstance(cat, Mapping) or not isinstance(cat.get("name"), str):
             raise InvalidInputError(f"a COCO category needs a 'name': {cat!r:.80}")
-        names.append(cat["name"])
+        name, cid = cat["name"], cat.get("id")
+        other = by_id.setdefault(cid, name)
+        if other != name:
+            detail = (
+                f"category id {cid!r} is given to both {other!r} and {name!r}; annotations "
+                "of that id could be either: give each category its own id"
+            )
+            clashes.append(RowError("duplicate_category_id", str(cid), "id", [other, name], detail))
+        if name not in names:
+            names.append(name)
+    if clashes:
+        raise ValidationError("categories", clashes)
     return names
 
 
@@ -110,6 +137,11 @@ def remember(
     for key in ("info", "licenses"):
         if key in doc and key not in meta:
             meta[key] = doc[key]
+    # Keys COCO does not define (kwcoco's videos, tracks, ...) come back on export.
+    kept = meta.setdefault("top_level", {})
+    for key, value in doc.items():
+        if key not in _DOC_KEYS and key not in kept:
+            kept[key] = value
     columns = meta.setdefault("json_columns", {})
     for table, names in json_columns.items():
         columns[table] = sorted(set(columns.get(table, [])) | set(names))
@@ -128,6 +160,17 @@ def category_ids(classes: Sequence[str], meta: Mapping[str, Any]) -> dict[str, i
 
 
 # -- import ----------------------------------------------------------------------------
+
+
+#: A ``file_name`` that would leave `images_root` once joined to it: absolute,
+#: a ``..`` segment, a backslash or a scheme. Rejected with rule ``unsafe_path``.
+UNSAFE_FILE_NAME = pl.col("file_name").str.starts_with("/") | pl.col("file_name").str.contains(
+    r"(^|/)\.\.(/|$)|\\|://"
+)
+UNSAFE_DETAIL = (
+    "file_name must be a relative path inside images_root: no leading '/', '..' "
+    "segment, backslash or scheme"
+)
 
 
 def frames_frame(doc: Mapping[str, Any], images_root: str | None) -> tuple[pl.DataFrame, set[str]]:
@@ -272,6 +315,7 @@ def export_document(reader: TableReader) -> dict[str, Any]:
     for key in ("info", "licenses"):
         if key in meta:
             doc[key] = meta[key]
+    doc.update(meta.get("top_level", {}))
     doc.update(images=images, annotations=annotations, categories=categories)
     return doc
 

@@ -250,16 +250,23 @@ def _import_coco(
     chunk_rows: int,
 ) -> Upload:
     from lakever import coco
+    from lakever.ingest import ingest
 
     _require_classes(ds, coco.category_names(doc), what="COCO categor")
     frames, frame_json = coco.frames_frame(doc, images_root)
     labels, label_json = coco.labels_frame(doc)
     coco.remember(ds, doc, {"frames": frame_json, "labels": label_json})
-    return ds.ingest(
+    unsafe = ("unsafe_path", "file_name", coco.UNSAFE_FILE_NAME, coco.UNSAFE_DETAIL)
+    return ingest(
+        ds,
         frames=frames,
         labels=labels,
+        inferences=None,
         upload_id=upload_id,
         mode=mode,
         chunk_rows=chunk_rows,
         message="import COCO annotations",
+        author=None,
+        progress=None,
+        rules={"frames": [unsafe]} if images_root else None,
     )

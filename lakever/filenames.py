@@ -15,6 +15,12 @@ Windows and S3 keys, and `decode` gives the name back exactly:
   ``PRN``, ``AUX``, ``NUL``, ``COM0``-``COM9``, ``LPT0``-``LPT9``, any case)
   has its first character encoded (``CON`` is ``%43ON``).
 
+`encode_path` keeps a name's ``/`` as folders when every part between them
+is non-empty (YOLO's ``train/000123`` stays ``train/000123``), encoding each
+part as above, so ``../../x`` becomes ``%2E%2E/%2E%2E/x``; a name with an
+empty part (``/srv/x``, ``a//b``) is encoded whole, its ``/`` as ``%2F``.
+`decode_path` inverts it.
+
 Encoding is chosen over refusing because ids such as ``cam 1/000123`` are
 common and harmless once encoded. Names whose encoded form passes
 `MAX_ENCODED` bytes are refused (`InvalidInputError` naming the id): file
@@ -75,3 +81,24 @@ def decode(segment: str) -> str:
     if encode(name) != segment:
         raise InvalidInputError(f"{segment!r} is not an encoded name (it encodes differently)")
     return name
+
+
+def encode_path(name: str, *, what: str = "name") -> str:
+    """Return `name` as a relative path of safe segments; `decode_path` gives it back.
+
+    Raises:
+        InvalidInputError: as `encode`.
+    """
+    parts = name.split("/") if isinstance(name, str) else [name]
+    if len(parts) > 1 and all(parts):
+        return "/".join(encode(p, what=what) for p in parts)
+    return encode(name, what=what)
+
+
+def decode_path(path: str) -> str:
+    """Return the name `encode_path` turned into `path`.
+
+    Raises:
+        InvalidInputError: `path` is not something `encode_path` makes.
+    """
+    return "/".join(decode(p) for p in path.split("/"))

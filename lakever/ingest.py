@@ -26,7 +26,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ from lakever._staging import Stage
 from lakever.commits import Commit, now_utc
 from lakever.errors import ConflictError, InvalidInputError, RowError, ValidationError
 from lakever.info import default_author
-from lakever.schema import FRAMES, LABELS, key_column, screen_rows, table_kind
+from lakever.schema import FRAMES, LABELS, Rule, key_column, screen_rows, table_kind
 from lakever.storage import Location
 from lakever.transaction import inference_table
 from lakever.uploads import ERROR_SCHEMA, Counts, Upload, UploadRecords, event_row
@@ -78,6 +78,7 @@ class _State:
     replaced: dict[str, set[str]] = field(default_factory=dict)  # table -> frames done
     pin: int | None = None  # the seq inference sets are pinned to, when given
     seen: int = -1  # commits up to this seq hold no chunk of another run of this upload
+    rules: dict[str, Sequence[Rule]] = field(default_factory=dict)  # the source's own rules
 
 
 def ingest(
@@ -93,8 +94,12 @@ def ingest(
     author: str | None,
     progress: bool | None,
     pinned_to: Any = None,
+    rules: Mapping[str, Sequence[Rule]] | None = None,
 ) -> Upload:
-    """Run (or resume) an upload; see `Dataset.ingest`."""
+    """Run (or resume) an upload; see `Dataset.ingest`.
+
+    `rules` adds per-row rules of the source, per table (a COCO file's paths).
+    """
     if mode not in MODES:
         raise InvalidInputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
@@ -122,6 +127,7 @@ def ingest(
         author=author or default_author(),
         started_at=now_utc(),
         pin=pin,
+        rules=dict(rules or {}),
     )
     if events.is_empty():
         records.append_events(
@@ -406,7 +412,14 @@ class _ChunkOp:
         existing = st.schema(table)
         rows = _drop_empty_new_columns(part.rows, existing)
         index = pl.int_range(part.start, part.start + rows.height, eager=True, dtype=pl.Int64)
-        screened = screen_rows(table, rows, index=index, classes=st.classes, existing=existing)
+        screened = screen_rows(
+            table,
+            rows,
+            index=index,
+            classes=st.classes,
+            existing=existing,
+            rules=self._state.rules.get(table, ()),
+        )
         errors = list(screened.errors)
         rows, index = screened.rows, screened.index
         if self._state.mode == "add" and not rows.is_empty():

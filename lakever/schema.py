@@ -37,6 +37,11 @@ class Column:
     required: bool = True
 
 
+#: A per-row rule: its name, the column it judges, a mask of the rows that
+#: break it, and what to tell the user.
+Rule = tuple[str, str, pl.Expr, str]
+
+
 FRAME_COLUMNS: tuple[Column, ...] = (
     Column("frame_id", pl.String()),
     Column("uri", pl.String()),
@@ -326,6 +331,12 @@ def _lossless_cast(series: pl.Series, target: pl.DataType) -> tuple[pl.Series, p
         return series.cast(target), None
     if target.is_numeric() and src == pl.Boolean:
         return series, series.is_not_null()  # True is not 1.0
+    if target.is_numeric() and src == pl.String:
+        # Text holding numbers (a CSV column, or a COCO field where one value
+        # was "a"): each value that parses is kept; only those that do not are
+        # refused. Comparing the text back would refuse "1" (1.0 reads "1.0").
+        out = series.str.strip_chars().cast(target, strict=False)
+        return out, series.is_not_null() & out.is_null()
     try:
         out = series.cast(target, strict=False)
     except Exception:
@@ -390,6 +401,7 @@ def screen_rows(
     index: pl.Series,
     classes: Sequence[str],
     existing: Mapping[str, pl.DataType] | None = None,
+    rules: Sequence[Rule] = (),
 ) -> Screened:
     """Validate a batch without raising: keep the good rows, report the bad ones.
 
@@ -402,9 +414,11 @@ def screen_rows(
         index: each row's index in its source (same length as `df`).
         classes: the dataset's class map.
         existing: the current column types of the table.
+        rules: further per-row rules of the source (a COCO file's paths, say),
+            judged with the built-in ones on the cast rows.
     """
     check = _Checker(table, df, key_column(table_kind(table)), index)
-    prep = _Preparation(table, classes, existing, False, check, screen=True)
+    prep = _Preparation(table, classes, existing, False, check, screen=True, rules=rules)
     out = prep.run(df)
     if check.batch_errors:
         keys = check.key
@@ -435,6 +449,7 @@ class _Preparation:
         check: _Checker,
         *,
         screen: bool,
+        rules: Sequence[Rule] = (),
     ) -> None:
         self.table = table
         self.kind = table_kind(table)
@@ -443,6 +458,7 @@ class _Preparation:
         self.partial = partial
         self.check = check
         self.screen = screen
+        self.extra_rules = list(rules)
         self.index: pl.Series | None = check._index
 
     def _stage_done(self, df: pl.DataFrame) -> pl.DataFrame | None:
@@ -513,7 +529,7 @@ class _Preparation:
             return df
         df = staged
 
-        rules: list[_Rule] = [
+        rules: list[Rule] = [
             ("null", c.name, pl.col(c.name).is_null(), "a value is required")
             for c in core.values()
             if c.required and c.name in df.columns
@@ -521,6 +537,7 @@ class _Preparation:
         if key in df.columns:
             rules.append(("key", key, pl.col(key) == "", "keys must be non-empty"))
         rules += _frame_rules(df) if kind == "frames" else _box_rules(df, self.classes, kind)
+        rules += [r for r in self.extra_rules if r[1] in df.columns]
         _apply_rules(df, check, rules)
         if key in df.columns and _has_duplicates(df[key]):  # a sort: 20x faster than hashing
             keys = df[key]
@@ -544,12 +561,7 @@ def _has_duplicates(keys: pl.Series) -> bool:
     return n > 1 and bool((ordered.slice(1) == ordered.slice(0, n - 1)).any())
 
 
-#: A per-row rule: its name, the column it judges, a mask of the rows that
-#: break it, and what to tell the user.
-_Rule = tuple[str, str, pl.Expr, str]
-
-
-def _apply_rules(df: pl.DataFrame, check: _Checker, rules: list[_Rule]) -> None:
+def _apply_rules(df: pl.DataFrame, check: _Checker, rules: list[Rule]) -> None:
     """Evaluate every rule in one pass; build errors only for the rules some row breaks."""
     if not rules or df.is_empty():
         return
@@ -562,8 +574,8 @@ def _apply_rules(df: pl.DataFrame, check: _Checker, rules: list[_Rule]) -> None:
             check.rows(masks[f"rule{i}"], rule, column, df[column], detail)
 
 
-def _frame_rules(df: pl.DataFrame) -> list[_Rule]:
-    rules: list[_Rule] = []
+def _frame_rules(df: pl.DataFrame) -> list[Rule]:
+    rules: list[Rule] = []
     if "media_type" in df.columns:
         mt = pl.col("media_type")
         detail = f"must be one of {', '.join(MEDIA_TYPES)}"
@@ -576,8 +588,8 @@ def _frame_rules(df: pl.DataFrame) -> list[_Rule]:
     return rules
 
 
-def _box_rules(df: pl.DataFrame, classes: Sequence[str], kind: str) -> list[_Rule]:
-    rules: list[_Rule] = []
+def _box_rules(df: pl.DataFrame, classes: Sequence[str], kind: str) -> list[Rule]:
+    rules: list[Rule] = []
     if "cls" in df.columns:
         cls = pl.col("cls")
         detail = "not in the dataset's class map (extend the class map first)"

@@ -112,7 +112,7 @@ class TableReader:
         """Write the frames and labels as a YOLO folder; return the number of frames.
 
         Writes ``labels/<frame_id>.txt`` (the id encoded as a safe file name by
-        `lakever.filenames.encode`), ``data.yaml`` (the class map, in order) and
+        `lakever.filenames.encode_path`), ``data.yaml`` (the class map, in order) and
         ``images.txt`` (the image URIs). Images are not copied. The folder then
         holds exactly this export, as for `export`.
         """

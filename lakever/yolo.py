@@ -14,9 +14,11 @@ the names becomes that number as ``cls`` and is rejected as an unknown class;
 a malformed line is rejected as a bad box.
 
 Export writes ``labels/<frame_id>.txt`` for every frame (empty when it has no
-labels; the id encoded by `lakever.filenames.encode`, so ``cam 1/7`` is
-``cam%201%2F7.txt``), ``data.yaml`` with the class map in order, and ``images.txt`` with one
-image URI per line, in the same order as the label files.
+labels; the id encoded by `lakever.filenames.encode_path`: ``train/7`` stays
+``train/7.txt``, ``cam 1/7`` is ``cam%201/7.txt``, ``/srv/x`` is
+``%2Fsrv%2Fx.txt``), ``data.yaml`` with the class map in order, and
+``images.txt`` with one image URI per line, in the same order as the label
+files.
 """
 
 from __future__ import annotations
@@ -155,8 +157,9 @@ def _label(
 def export_files(reader: TableReader) -> list[tuple[str, bytes]]:
     """The files of a version as a YOLO folder: (path inside the folder, bytes) pairs.
 
-    Label files are named after the frame id, encoded by `lakever.filenames.encode`
-    (so a hostile id never names a path outside the folder).
+    Label files are named after the frame id, encoded by
+    `lakever.filenames.encode_path` (so a hostile id never names a path outside
+    the folder, and ``train/000123`` stays in ``train/``).
     """
     classes = list(reader.classes)
     index = {c: i for i, c in enumerate(classes)}
@@ -179,7 +182,7 @@ def export_files(reader: TableReader) -> list[tuple[str, bytes]]:
     files = []
     for frame_id in frames["frame_id"].to_list():
         text = "".join(line + "\n" for line in by_frame.get(frame_id, []))
-        name = filenames.encode(frame_id, what="frame id")
+        name = filenames.encode_path(frame_id, what="frame id")
         files.append((f"labels/{name}.txt", text.encode()))
     names = {i: c for i, c in enumerate(classes)}
     data = yaml.safe_dump({"nc": len(classes), "names": names}, sort_keys=False).encode()

@@ -50,11 +50,18 @@ def test_yolo_export_never_writes_outside_its_folder(local_lake: lv.Lake, tmp_pa
     outside = {p for p in _files_under(tmp_path) if not p.startswith(("out/yolo/", "lake/"))}
     assert outside == set()
     assert not Path("/srv/abs-escape.txt").exists()
-    written = sorted((tmp_path / "out" / "yolo" / "labels").iterdir())
-    assert sorted(filenames.decode(p.name.removesuffix(".txt")) for p in written) == sorted(HOSTILE)
-    # each label file holds its frame's one box
-    by_id = {filenames.decode(p.name.removesuffix(".txt")): p.read_text() for p in written}
-    assert all(text.count("\n") == 1 for text in by_id.values())
+    by_id = _label_files(tmp_path / "out" / "yolo")
+    assert sorted(by_id) == sorted(HOSTILE)
+    assert all(text.count("\n") == 1 for text in by_id.values())  # its frame's one box
+
+
+def _label_files(root: Path) -> dict[str, str]:
+    """Frame id -> text of every label file of a YOLO export."""
+    out = {}
+    for p in (root / "labels").rglob("*.txt"):
+        rel = str(p.relative_to(root / "labels")).removesuffix(".txt")
+        out[filenames.decode_path(rel)] = p.read_text()
+    return out
 
 
 def test_cli_yolo_export_encodes_ids(local_lake: lv.Lake, tmp_path: Path) -> None:
@@ -69,7 +76,7 @@ def test_cli_yolo_export_encodes_ids(local_lake: lv.Lake, tmp_path: Path) -> Non
     )
     assert result.exit_code == 0, result.output
     assert _files_under(out) == {
-        "labels/%2E.%2F..%2Fescape.txt",
+        "labels/%2E%2E/%2E%2E/escape.txt",
         "labels/%2Fsrv%2Fabs-escape.txt",
         "data.yaml",
         "images.txt",
@@ -91,6 +98,9 @@ def test_encoded_names_are_one_safe_segment_and_decode_back(name: str) -> None:
     assert enc.isascii() and len(enc) <= filenames.MAX_ENCODED
     assert enc.split(".")[0].upper() not in {"CON", "PRN", "AUX", "NUL", "COM1", "LPT1"}
     assert filenames.decode(enc) == name
+    path = filenames.encode_path(name)
+    assert all(seg and seg not in (".", "..") for seg in path.split("/"))
+    assert not path.startswith("/") and filenames.decode_path(path) == name
 
 
 @settings(
@@ -122,8 +132,7 @@ def test_generated_ids_never_escape_the_export(
     lake.dataset("hostile").export_yolo(str(root / "out"))
     outside = {p for p in _files_under(root) if not p.startswith(("out/", "lake/"))}
     assert outside == set()
-    names = [p.name.removesuffix(".txt") for p in (root / "out" / "labels").iterdir()]
-    assert sorted(filenames.decode(n) for n in names) == sorted(ids)
+    assert sorted(_label_files(root / "out")) == sorted(ids)
 
 
 def test_location_refuses_paths_that_leave_it(tmp_path: Path) -> None:

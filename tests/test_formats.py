@@ -379,3 +379,86 @@ def test_export_tables(lake: lv.Lake, tmp_path: Path, fmt: str) -> None:
     assert (tags[0] if fmt != "csv" else json.loads(tags[0])) == ["a", "b"]
     with pytest.raises(lv.InvalidInputError, match="format must be"):
         ds.export(str(tmp_path / "x"), format="xlsx")
+
+
+# -- hostile COCO files (issue: data paths never relabel silently) ----------------------
+
+
+def test_categories_sharing_an_id_refuse_the_file(local_lake: lv.Lake) -> None:
+    doc = coco_document()
+    doc["categories"][1]["id"] = doc["categories"][0]["id"]  # car takes person's id
+    with pytest.raises(lv.ValidationError, match="duplicate_category_id") as err:
+        local_lake.import_coco("dup", doc)
+    assert err.value.errors[0].value == ["person", "car"]
+    assert err.value.errors[0].key == "1"
+    assert not Path(local_lake.uri).exists()  # nothing was created, not even the lake
+    ds = local_lake.create_dataset("d", classes=["person", "car", "toothbrush"])
+    with pytest.raises(lv.ValidationError, match="'person' and 'car'"):
+        ds.import_coco(doc)
+    assert ds.head.seq == 0
+
+
+def test_file_names_leaving_images_root_are_rejected(local_lake: lv.Lake) -> None:
+    doc = coco_document()
+    doc["images"][0]["file_name"] = "../../etc/passwd"
+    doc["images"][1]["file_name"] = "/etc/shadow"
+    doc["images"][3]["file_name"] = "ok/..hidden/x..jpg"  # dots, but no '..' segment
+    ds, up = local_lake.import_coco("paths", doc, images_root="s3://media/coco/")
+    errors = up.errors.filter(pl.col("table") == "frames")
+    assert dict(zip(errors["key"], errors["rule"], strict=True)) == {
+        "1": "unsafe_path",
+        "7": "unsafe_path",
+    }
+    assert sorted(errors["value"].to_list()) == ["../../etc/passwd", "/etc/shadow"]
+    uris = ds.read("frames")["uri"].to_list()
+    assert all(u.startswith("s3://media/coco/") for u in uris)
+    assert "s3://media/coco/ok/..hidden/x..jpg" in uris
+    # without images_root the name is the uri, as given
+    plain, up2 = local_lake.import_coco("plain", doc)
+    assert up2.errors.filter(pl.col("rule") == "unsafe_path").is_empty()
+    assert "/etc/shadow" in plain.read("frames")["uri"].to_list()
+
+
+def test_a_mixed_type_box_rejects_only_its_row(local_lake: lv.Lake) -> None:
+    doc = coco_document()
+    doc["annotations"][1]["bbox"] = ["a", 2, 3, 4]
+    doc["images"][2]["width"] = "wide"
+    ds, up = local_lake.import_coco("mixed", doc)
+    bad = up.errors.select("table", "key", "rule", "column", "value").sort("table", "key").rows()
+    bad_label = doc["annotations"][1]["id"]
+    assert bad == [
+        ("frames", "12", "type", "width", "wide"),
+        ("labels", str(bad_label), "type", "x", "a"),
+        ("labels", "103", "frame_rejected", "frame_id", "12"),  # frame 12's one label
+    ]
+    labels_in = {str(a["id"]) for a in doc["annotations"] if a["image_id"] != 12}
+    assert set(ds.read("labels")["label_id"]) == labels_in - {str(bad_label)}
+    frame_1 = ds.read("labels").filter(pl.col("frame_id") == "1")
+    assert frame_1["x"].dtype == pl.Float64 and frame_1.height >= 1
+
+
+def test_unknown_top_level_keys_come_back(local_lake: lv.Lake) -> None:
+    doc = coco_document()
+    doc["videos"] = [{"id": 4, "name": "clip"}]
+    doc["tracks"] = [{"id": 1, "name": "t1"}]
+    doc["keypoint_categories"] = [{"id": 1, "name": "nose"}]
+    ds, _ = local_lake.import_coco("kw", doc)
+    out = ds.export_coco()
+    for key in ("videos", "tracks", "keypoint_categories", "info", "licenses"):
+        assert out[key] == doc[key], key
+
+
+def test_cli_import_honours_chunk_rows(local_lake: lv.Lake, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lakever.cli import app
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(coco_document()))
+    args = ["import", "coco", str(path), "chunked", "--uri", local_lake.uri, "--chunk-rows", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ds = local_lake.dataset("chunked")
+    rows = ds.read("frames").height + ds.read("labels").height
+    ingest_commits = [c for c in ds.log() if c.operation == "ingest"]
+    assert len(ingest_commits) == -(-rows // 2)
