@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -27,6 +29,16 @@ from lakever.storage import user_location
 
 #: Columns read as text from CSV files whatever they look like (ids keep leading zeros).
 TEXT_COLUMNS = ("frame_id", "label_id", "uri", "media_type", "group_id", "cls")
+
+#: What reading a broken or truncated file raises (gzip: EOFError, zlib.error).
+_UNREADABLE = (
+    OSError,
+    EOFError,
+    ValueError,
+    zlib.error,
+    pa.ArrowInvalid,
+    pl.exceptions.PolarsError,
+)
 
 _FORMATS = {
     ".parquet": "parquet",
@@ -161,7 +173,7 @@ def _file_batches(path: str, chunk_rows: int, options: Mapping[str, str]) -> Ite
                 yield from _csv_batches(handle, chunk_rows)
             else:
                 yield from _jsonl_batches(handle, chunk_rows)
-    except (OSError, pa.ArrowInvalid, pl.exceptions.PolarsError) as exc:
+    except _UNREADABLE as exc:
         raise InvalidInputError(f"cannot read {path!r} as {fmt}: {exc}") from exc
 
 
@@ -189,15 +201,29 @@ def _csv_batches(handle: Any, chunk_rows: int) -> Iterator[pl.DataFrame]:
 
 def _jsonl_batches(handle: Any, chunk_rows: int) -> Iterator[pl.DataFrame]:
     lines: list[bytes] = []
-    for line in handle:
+    numbers: list[int] = []  # each kept line's number in the file, for errors
+    for number, line in enumerate(handle, start=1):
         if line.strip():
             lines.append(line if line.endswith(b"\n") else line + b"\n")
+            numbers.append(number)
         if len(lines) >= chunk_rows:
-            yield _jsonl(lines)
-            lines = []
+            yield _jsonl(lines, numbers)
+            lines, numbers = [], []
     if lines:
-        yield _jsonl(lines)
+        yield _jsonl(lines, numbers)
 
 
-def _jsonl(lines: list[bytes]) -> pl.DataFrame:
-    return pl.read_ndjson(io.BytesIO(b"".join(lines)), infer_schema_length=None)
+def _jsonl(lines: list[bytes], numbers: list[int]) -> pl.DataFrame:
+    try:
+        return pl.read_ndjson(io.BytesIO(b"".join(lines)), infer_schema_length=None)
+    except pl.exceptions.PolarsError:
+        for line, number in zip(lines, numbers, strict=True):
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(
+                    f"line {number} is not valid JSON ({exc}): {line[:80]!r}"
+                ) from None
+            if not isinstance(row, dict):
+                raise ValueError(f"line {number} is not a JSON object: {line[:80]!r}") from None
+        raise

@@ -58,10 +58,15 @@ class DataIO:
                 rejected with rule ``exists``), or 'replace_labels' (each frame
                 the upload sends labels for ends up with exactly those labels;
                 frames it sends no labels for keep theirs).
-            upload_id: the caller's id. Running the same id again (after a
-                crash, say) resumes after its last committed chunk and never
-                duplicates a row or a commit; once it finished, it returns
-                the same `Upload` and commits nothing. Send the same rows again.
+            upload_id: the caller's id, for one set of rows. Running the same
+                id again with the same rows (after a crash, say) resumes after
+                its last committed chunk and never duplicates a row or a
+                commit; once it finished, it returns the same `Upload` and
+                commits nothing. The same id with other rows raises
+                `ConflictError` (a digest of the rows received is recorded).
+                A key sent twice in one upload keeps its first copy; each
+                later copy is rejected with rule ``duplicate_key``, whatever
+                `chunk_rows` is.
             chunk_rows: rows per commit.
             message: commit message (default names the upload).
             author: commit author.
@@ -79,7 +84,7 @@ class DataIO:
             table, commits, errors.
 
         Example:
-            >>> up = ds.ingest(labels="batch-*.parquet", upload_id="v-06-01")  # doctest: +SKIP
+            >>> up = ds.ingest(labels="b7.parquet", upload_id="b7")  # doctest: +SKIP
             >>> up.status, up.rows_rejected, up.errors.head()  # doctest: +SKIP
         """
         from lakever.ingest import ingest

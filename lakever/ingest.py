@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from lakever._rowstream import KeySet, RowDigest, same_rows
 from lakever._sources import batches
 from lakever._staging import Stage
 from lakever.commits import Commit, now_utc
@@ -60,6 +61,7 @@ class _Part:
     table: str
     rows: pl.DataFrame
     start: int
+    repeated: pl.Series  # rows whose key came earlier in the upload
 
 
 @dataclass
@@ -79,6 +81,7 @@ class _State:
     pin: int | None = None  # the seq inference sets are pinned to, when given
     seen: int = -1  # commits up to this seq hold no chunk of another run of this upload
     rules: dict[str, Sequence[Rule]] = field(default_factory=dict)  # the source's own rules
+    expected: str | None = None  # digest of the rows received before a resume
 
 
 def ingest(
@@ -117,7 +120,9 @@ def ingest(
     head = ds.head  # refuses a deleted dataset before anything is written
 
     events = records.events(upload_id)
-    if not events.filter(pl.col("event") == "finish").is_empty():
+    finish = events.filter(pl.col("event") == "finish")
+    if not finish.is_empty():
+        _check_finished(upload_id, sources, chunk_rows, ds.root.options, finish.row(0, named=True))
         return records.get(upload_id, dataset=ds.name)
     state = _State(
         upload_id=upload_id,
@@ -139,17 +144,47 @@ def ingest(
 
     skip = dict(state.counts.received)
     recorder = _Recorder(records)
+    reading = _Reading(state)
     with _progress_bar(progress, sum(skip.values())) as advance:
-        for parts in _chunks(sources, chunk_rows, skip, ds.root.options, _skipper(state)):
-            _run_chunk(ds, recorder, state, parts)
+        for parts in _chunks(sources, chunk_rows, skip, ds.root.options, reading):
+            _run_chunk(ds, recorder, state, parts, reading.digest.value())
             advance(sum(p.rows.height for p in parts), _total(state.counts.rejected))
     committed = _total(state.counts.committed)
     rejected = _total(state.counts.rejected)
     status = "done" if not rejected else ("failed" if not committed else "partial")
     recorder.flush(
-        _event(state, "finish", chunk=-1, commit_seq=None, head_seq=ds.head.seq, status=status)
+        _event(
+            state,
+            "finish",
+            chunk=-1,
+            commit_seq=None,
+            head_seq=ds.head.seq,
+            status=status,
+            digest=reading.digest.value(),
+        )
     )
     return records.get(upload_id, dataset=ds.name)
+
+
+def _check_finished(
+    upload_id: str,
+    sources: list[tuple[str, Any]],
+    chunk_rows: int,
+    options: Mapping[str, str],
+    finish: Mapping[str, Any],
+) -> None:
+    """Refuse a finished upload's id sent with other rows than it received."""
+    if not finish.get("digest"):
+        return  # recorded before digests: nothing to compare with
+    state = _State(upload_id, "", "", "", "", None, expected=finish["digest"])
+    skip = dict(Counts.from_rows(finish["tables"]).received)
+    for parts in _chunks(sources, chunk_rows, skip, options, _Reading(state)):
+        more = sum(p.rows.height for p in parts)
+        raise ConflictError(
+            f"upload {upload_id!r} already finished with {sum(skip.values())} rows, and these "
+            f"sources hold at least {more} more: an upload id is one set of rows. Send new "
+            "rows under a new upload_id"
+        )
 
 
 def _check_id(upload_id: str | None) -> str:
@@ -177,8 +212,10 @@ def _event(
     head_seq: int,
     status: str = "running",
     attempt: str | None = None,
+    digest: str | None = None,
 ) -> dict[str, Any]:
     return event_row(
+        digest=digest,
         upload_id=state.upload_id,
         attempt=attempt or state.attempt,
         event=event,
@@ -204,6 +241,7 @@ def _resume(ds: Dataset, records: UploadRecords, state: _State, events: pl.DataF
     state.started_at = first["started_at"]
     state.mode = first["mode"] or state.mode
     state.counts = Counts.from_rows(last["tables"])
+    state.expected = last.get("digest")
     state.chunk = int(last["chunk"]) + 1
     head = ds.head
     for seq in range(int(last["head_seq"]) + 1, head.seq + 1):
@@ -213,13 +251,21 @@ def _resume(ds: Dataset, records: UploadRecords, state: _State, events: pl.DataF
         # Committed, but the process died before recording it: record it now.
         chunk, attempt = int(meta["chunk"]), str(meta["attempt"])
         state.counts = Counts.from_rows(meta["tables"])
+        state.expected = meta.get("digest")
         pending = _pending(ds.root, state.upload_id, chunk, attempt)
         saved = pending.read_or_none()
         if saved is not None and not records.has_errors(state.upload_id, chunk, attempt):
             records.append_errors(pl.read_parquet(io.BytesIO(saved)))
-        records.append_events(
-            [_event(state, "chunk", chunk=chunk, commit_seq=seq, head_seq=seq, attempt=attempt)]
+        row = _event(
+            state,
+            "chunk",
+            chunk=chunk,
+            commit_seq=seq,
+            head_seq=seq,
+            attempt=attempt,
+            digest=state.expected,
         )
+        records.append_events([row])
         with contextlib.suppress(OSError):
             pending.remove()
         state.chunk = chunk + 1
@@ -228,15 +274,41 @@ def _resume(ds: Dataset, records: UploadRecords, state: _State, events: pl.DataF
     state.rejected_frames = set(frames.to_list())
 
 
-def _skipper(state: _State) -> Any:
-    """What to do with rows an earlier attempt already received (replace mode remembers frames)."""
+class _Reading:
+    """The upload's rows as read, in order: their digest and keys, and the resume check."""
 
-    def skipped(table: str, rows: pl.DataFrame) -> None:
+    def __init__(self, state: _State) -> None:
+        self._state = state
+        self.digest = RowDigest()
+        self._keys: dict[str, KeySet] = {}
+
+    def skipped(self, table: str, rows: pl.DataFrame) -> None:
+        """Rows an earlier attempt received (replace mode remembers their frames)."""
+        self.taken(table, rows)
+        state = self._state
         if state.mode == "replace_labels" and table != FRAMES and "frame_id" in rows.columns:
             done = state.replaced.setdefault(table, set())
             done.update(rows["frame_id"].cast(pl.String, strict=False).drop_nulls().to_list())
 
-    return skipped
+    def taken(self, table: str, rows: pl.DataFrame) -> pl.Series:
+        """Read the next rows; return which of them repeat a key met before."""
+        self.digest.feed(table, rows)
+        key = key_column(table_kind(table))
+        if key not in rows.columns:
+            return pl.Series(key, [False] * rows.height)
+        keys = rows[key].cast(pl.String, strict=False)
+        return self._keys.setdefault(table, KeySet()).met_before(keys)
+
+    def resumed(self) -> None:
+        """Check that the rows read again are the rows an earlier attempt received."""
+        state = self._state
+        if not same_rows(state.expected, self.digest.value()):
+            raise ConflictError(
+                f"upload {state.upload_id!r} received other rows before: the rows it counted "
+                f"({_total(state.counts.received) or 'all'} so far) differ from the start of "
+                "these sources. An upload id is one set of rows: send these under a new "
+                "upload_id, or resend the original rows to resume"
+            )
 
 
 def _pending(root: Location, upload_id: str, chunk: int, attempt: str) -> Location:
@@ -252,27 +324,39 @@ def _chunks(
     chunk_rows: int,
     skip: Mapping[str, int],
     options: Mapping[str, str],
-    skipped: Any,
+    reading: _Reading,
 ) -> Iterator[list[_Part]]:
-    """Cut the sources, in order, into chunks of `chunk_rows` rows (after skipping)."""
+    """Cut the sources, in order, into chunks of `chunk_rows` rows (after skipping).
+
+    Skipped rows are read too, so a resume checks they are the rows received.
+    """
     current: list[_Part] = []
     room = chunk_rows
+    to_skip = sum(skip.values())
+    if not to_skip:
+        reading.resumed()
     for table, source in sources:
         seen = 0
         for batch in batches(source, chunk_rows=chunk_rows, options=options):
             n = batch.height
             pos = max(0, min(n, skip.get(table, 0) - seen))
             if pos:
-                skipped(table, batch.slice(0, pos))
+                reading.skipped(table, batch.slice(0, pos))
+                to_skip -= pos
+                if not to_skip:
+                    reading.resumed()
             while pos < n:
                 take = min(room, n - pos)
-                current.append(_Part(table, batch.slice(pos, take), seen + pos))
+                rows = batch.slice(pos, take)
+                current.append(_Part(table, rows, seen + pos, reading.taken(table, rows)))
                 pos += take
                 room -= take
                 if room == 0:
                     yield current
                     current, room = [], chunk_rows
             seen += n
+    if to_skip:
+        reading.resumed()  # fewer rows than received: never the same rows
     if current:
         yield current
 
@@ -315,8 +399,10 @@ class _Recorder:
         self._last = time.monotonic()
 
 
-def _run_chunk(ds: Dataset, recorder: _Recorder, state: _State, parts: list[_Part]) -> None:
-    op = _ChunkOp(ds.root, state, parts, ds._log.get)
+def _run_chunk(
+    ds: Dataset, recorder: _Recorder, state: _State, parts: list[_Part], digest: str
+) -> None:
+    op = _ChunkOp(ds.root, state, parts, ds._log.get, digest)
     result = ds._run([op], message=state.message, author=state.author, operation=OPERATION)
     mine = _made_by(result, state)
     state.seen = result.seq
@@ -326,7 +412,7 @@ def _run_chunk(ds: Dataset, recorder: _Recorder, state: _State, parts: list[_Par
         state.replaced.setdefault(table, set()).update(frames)
     event = _event(
         state, "chunk", chunk=state.chunk, commit_seq=result.seq if mine else None,
-        head_seq=result.seq,
+        head_seq=result.seq, digest=digest,
     )  # fmt: skip
     recorder.chunk(event, op.errors, op.pending)
     state.chunk += 1
@@ -344,8 +430,11 @@ class _ChunkOp:
     outcome (rows written, errors, counts) is that of the replay that published.
     """
 
-    def __init__(self, root: Location, state: _State, parts: list[_Part], commit_at: Any) -> None:
+    def __init__(
+        self, root: Location, state: _State, parts: list[_Part], commit_at: Any, digest: str
+    ) -> None:
         self._commit_at = commit_at
+        self._digest = digest
         self._root = root
         self._state = state
         self._parts = parts
@@ -388,6 +477,7 @@ class _ChunkOp:
                 "attempt": state.attempt,
                 "tables": self.counts.to_rows(),
                 "errors": self.errors.height,
+                "digest": self._digest,
             }
         }
 
@@ -412,6 +502,16 @@ class _ChunkOp:
         existing = st.schema(table)
         rows = _drop_empty_new_columns(part.rows, existing)
         index = pl.int_range(part.start, part.start + rows.height, eager=True, dtype=pl.Int64)
+        repeated = part.repeated
+        errors: list[RowError] = []
+        if repeated.any():
+            keys = rows[key].cast(pl.String, strict=False)
+            detail = "this key came earlier in the same upload; the first copy is kept"
+            errors += [
+                RowError("duplicate_key", k, key, k, detail, row=r)
+                for k, r in zip(keys.filter(repeated), index.filter(repeated), strict=True)
+            ]
+            rows, index = rows.filter(~repeated), index.filter(~repeated)
         screened = screen_rows(
             table,
             rows,
@@ -420,7 +520,7 @@ class _ChunkOp:
             existing=existing,
             rules=self._state.rules.get(table, ()),
         )
-        errors = list(screened.errors)
+        errors += screened.errors
         rows, index = screened.rows, screened.index
         if self._state.mode == "add" and not rows.is_empty():
             present = st.existing_keys(table, rows[key])

@@ -52,6 +52,7 @@ UPLOAD_SCHEMA: dict[str, pl.DataType] = {
     "author": pl.String(),
     "started_at": pl.Datetime("us", "UTC"),
     "recorded_at": pl.Datetime("us", "UTC"),
+    "digest": pl.String(),  # of every row received so far (lakever._rowstream)
 }
 ERROR_SCHEMA: dict[str, pl.DataType] = {
     "upload_id": pl.String(),
@@ -306,6 +307,7 @@ def event_row(
     message: str,
     author: str,
     started_at: datetime,
+    digest: str | None = None,
 ) -> dict[str, Any]:
     """One row of the uploads table."""
     return {
@@ -322,4 +324,5 @@ def event_row(
         "author": author,
         "started_at": started_at,
         "recorded_at": now_utc(),
+        "digest": digest,
     }

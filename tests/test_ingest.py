@@ -405,3 +405,129 @@ def test_a_view_refuses_uploads(local_lake: lv.Lake) -> None:
     with pytest.raises(lv.ReadOnlyError, match="ingest"):
         ds.at(0).ingest(frames=frames(range(1)))
     assert ds.head.seq == 0
+
+
+# -- an upload id is a promise about its rows -------------------------------------------
+
+
+def test_a_finished_upload_id_refuses_other_rows(local_lake: lv.Lake) -> None:
+    ds = _dataset(local_lake)
+    f, lab, _ = vendor_batch(20)
+    first = ds.ingest(frames=f, labels=lab, upload_id="batch-0001", chunk_rows=30)
+    head = ds.head.seq
+    changed = lab.with_columns(
+        pl.when(pl.col("label_id") == lab["label_id"][3])
+        .then(pl.lit(99.0))
+        .otherwise(pl.col("x"))
+        .alias("x")
+    )
+    with pytest.raises(lv.ConflictError, match=r"'batch-0001'.*new upload_id"):
+        ds.ingest(frames=f, labels=changed, upload_id="batch-0001", chunk_rows=30)
+    with pytest.raises(lv.ConflictError, match=r"'batch-0001'.*more"):
+        ds.ingest(
+            frames=f, labels=pl.concat([lab, labels(["f00001"], start=50)]), upload_id="batch-0001"
+        )
+    with pytest.raises(lv.ConflictError, match="'batch-0001'"):
+        ds.ingest(frames=f, labels=lab.head(10), upload_id="batch-0001")
+    assert ds.head.seq == head  # nothing written by any of them
+    # the same rows again, cut differently, in another form: the record, no commit
+    again = ds.ingest(
+        frames=f.to_dicts(), labels=lab.to_arrow(), upload_id="batch-0001", chunk_rows=7
+    )
+    assert ds.head.seq == head and again.commits == first.commits
+
+
+def test_an_interrupted_upload_id_refuses_other_rows(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lakever.commits import CommitLog
+
+    ds = _dataset(local_lake)
+    f, lab, _ = vendor_batch(30, bad_every=5)
+    reference, expected = _one_shot(local_lake, f, lab)
+    real = CommitLog.publish
+    calls = {"n": 0}
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise lv.StorageError("injected")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(CommitLog, "publish", failing)
+    with pytest.raises(lv.StorageError):
+        ds.ingest(frames=f, labels=lab, upload_id="u", chunk_rows=10)
+    monkeypatch.undo()
+    head = ds.head.seq
+    other = f.with_columns(pl.col("uri") + "?v2")
+    with pytest.raises(lv.ConflictError, match="'u' received other rows"):
+        ds.ingest(frames=other, labels=lab, upload_id="u", chunk_rows=10)
+    assert ds.head.seq == head and ds.upload("u").status == "running"
+    up = ds.ingest(frames=f, labels=lab, upload_id="u", chunk_rows=25)  # same rows resume
+    assert up.rows_committed == reference.rows_committed
+    assert {t: table_hash(ds.read(t)) for t in ("frames", "labels")} == expected
+
+
+def _with_repeats(keys: list[int]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Frames f0..f4, and one label per entry of `keys` (label id k, x telling copies apart)."""
+    f = frames(range(5))
+    lab = pl.DataFrame(
+        {
+            "label_id": [f"l{k}" for k in keys],
+            "frame_id": [f"f{k % 5:05d}" for k in keys],
+            "cls": ["car"] * len(keys),
+            "x": [float(i) for i in range(len(keys))],
+            "y": [0.0] * len(keys),
+            "w": [1.0] * len(keys),
+            "h": [1.0] * len(keys),
+        }
+    )
+    return f, lab
+
+
+@pytest.mark.parametrize("mode", ["upsert", "add", "replace_labels"])
+def test_a_repeated_key_keeps_its_first_copy_whatever_the_chunking(
+    tmp_path: Path, mode: str
+) -> None:
+    keys = [1, 2, 1, 3, 2, 2, 4, 1, 5]
+    f, lab = _with_repeats(keys)
+    first = {}
+    for i, k in enumerate(keys):
+        first.setdefault(f"l{k}", float(i))
+    later = sorted(i for i, k in enumerate(keys) if float(i) != first[f"l{k}"])
+    results = []
+    for chunk_rows in (1, 2, 4, 100):
+        lake = lv.connect(tmp_path / f"lake-{chunk_rows}")
+        ds = _dataset(lake)
+        up = ds.ingest(frames=f, labels=lab, mode=mode, chunk_rows=chunk_rows)
+        got = dict(ds.read("labels").select("label_id", "x").iter_rows())
+        assert got == first, chunk_rows
+        dupes = up.errors.filter(pl.col("rule") == "duplicate_key")
+        assert sorted(dupes["row"].to_list()) == later
+        assert up.errors.height == len(later)
+        results.append((got, dupes.sort("row").select("row", "key").rows()))
+    assert all(r == results[0] for r in results)
+
+
+def test_truncated_gzip_names_the_file(local_lake: lv.Lake, tmp_path: Path) -> None:
+    import gzip
+
+    ds = _dataset(local_lake)
+    path = tmp_path / "frames.jsonl.gz"
+    data = gzip.compress(frames(range(200)).write_ndjson().encode())
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(lv.InvalidInputError, match=r"frames\.jsonl\.gz"):
+        ds.ingest(frames=str(path))
+
+
+def test_a_broken_json_line_is_named_by_its_line_number(
+    local_lake: lv.Lake, tmp_path: Path
+) -> None:
+    ds = _dataset(local_lake)
+    lines = frames(range(5)).write_ndjson().splitlines()
+    lines.insert(3, "")  # blank lines count as lines of the file
+    lines.insert(5, '{"frame_id": "f9", "uri": ')
+    path = tmp_path / "frames.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(lv.InvalidInputError, match=r"frames\.jsonl.*line 6 is not valid JSON"):
+        ds.ingest(frames=str(path))
