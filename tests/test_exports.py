@@ -245,3 +245,44 @@ def test_export_files_follow_the_umask(local_lake: lv.Lake, tmp_path: Path) -> N
         os.umask(old)
     for p in [*(tmp_path / "out").rglob("*.parquet"), tmp_path / "doc.json"]:
         assert p.stat().st_mode & 0o777 == 0o644, p
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
+def test_another_account_reads_the_lake_and_its_exports(tmp_path: Path) -> None:
+    """Under umask 022 every file lakever writes is 0644: a second user reads each one."""
+    import subprocess
+
+    old = os.umask(0o022)
+    try:
+        lake = lv.connect(tmp_path / "lake")
+        ds = lake.create_dataset("cams", classes=CLASSES)
+        ds.add_frames(frames(range(3)))
+        ds.create_snapshot("v1")
+        ds.at("v1").read("frames")  # records the snapshot's load
+        ds.export(str(tmp_path / "out"))
+        ds.export_coco(str(tmp_path / "doc.json"))
+    finally:
+        os.umask(old)
+    files = sorted(str(p) for p in tmp_path.rglob("*") if p.is_file() and "home" not in p.parts)
+    assert any(f.endswith("_lakever/HEAD") for f in files)
+    assert any("snapshot_loads" in f for f in files)
+    opened = []  # let the other account walk down to tmp_path (pytest makes its dirs 0700)
+    for parent in [tmp_path, *tmp_path.parents]:
+        mode = parent.stat().st_mode & 0o777
+        if mode & 0o001 == 0:
+            opened.append((parent, mode))
+            parent.chmod(mode | 0o001)
+    try:
+        result = subprocess.run(
+            ["cat", *files],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        for parent, mode in opened:
+            parent.chmod(mode)
+    assert result.returncode == 0, result.stderr.decode()[:3000]
