@@ -317,6 +317,25 @@ def delete_rows(dt: DeltaTable, predicate: str, claim: Mapping[str, str]) -> int
     return dt.version()
 
 
+def update_by_key(dt: DeltaTable, rows: pl.DataFrame, key: str, claim: Mapping[str, str]) -> int:
+    """Set the other columns of `rows` on the rows with the same `key`, as the next version.
+
+    Columns the table lacks are added to its schema.
+    """
+    updates = {c: f"s.`{c}`" for c in rows.columns if c != key}
+    with boundary("update rows of", dt.table_uri):
+        dt.merge(
+            rows.to_arrow(),
+            f"t.`{key}` = s.`{key}`",
+            source_alias="s",
+            target_alias="t",
+            merge_schema=True,
+            writer_properties=_WRITER,
+            commit_properties=props(claim),
+        ).when_matched_update(updates=updates).execute()
+    return dt.version()
+
+
 def restore(dt: DeltaTable, version: int, claim: Mapping[str, str]) -> int:
     """Write the next version with the content of `version`; return the new version."""
     meta = {**claim, META_RESTORED_TO: str(version)}

@@ -35,6 +35,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import polars as pl
+
 from lakever import _delta, _deltalog
 from lakever.commits import now_utc
 from lakever.errors import InvalidInputError, LakeverError, LimitError, SnapshotArchivedError
@@ -303,6 +305,9 @@ def archive_snapshot(ds: Dataset, name: str) -> Snapshot:
         "source_versions": dict(commit.table_versions), "archived_at": now_utc().isoformat(),
     }  # fmt: skip
     dest.child("_lakever_snapshot.json").put(json.dumps(manifest, indent=1).encode())
+    # The tag row points outside readers at the copy before GC may take the
+    # hot files (it does so only once the state record says archived).
+    ds._tags.set_archive(snap.name, state=ARCHIVED, archive_uri=dest.uri)
     ds._states.put(snap, ARCHIVED, archive_uri=dest.uri, bytes=copied,
                    tables=dict(commit.table_versions))  # fmt: skip
     return decorate(ds, [snap])[0]
@@ -313,6 +318,8 @@ def unarchive_snapshot(ds: Dataset, name: str) -> Snapshot:
     snap = ds._tags.get(name)
     state = ds._states.state(snap)
     if state["state"] == MATERIALIZED:
+        if ds._tags.frame().filter(pl.col("name") == name).row(0, named=True).get("state"):
+            ds._tags.set_archive(name, state=MATERIALIZED, archive_uri=None)  # a crash's rest
         return decorate(ds, [snap])[0]
     make_room(ds, keep={snap.name})
     src = Location(state["archive_uri"], ds.root.options)
@@ -327,6 +334,7 @@ def unarchive_snapshot(ds: Dataset, name: str) -> Snapshot:
                 _copy(cold.child(rel), hot.child(rel))
         _delta.require_available(hot, version, table=table)
     ds._states.put(snap, MATERIALIZED)
+    ds._tags.set_archive(snap.name, state=MATERIALIZED, archive_uri=None)
     src.remove_tree()
     return decorate(ds, [snap])[0]
 

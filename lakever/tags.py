@@ -43,6 +43,11 @@ TAG_SCHEMA: dict[str, pl.DataType] = {
     "creator": pl.String(),
     "created_at": pl.Datetime("us", "UTC"),
     "metadata": pl.String(),
+    # For readers outside lakever: 'archived' rows are read from archive_uri
+    # (each table a plain Delta table at version 0 under it). Null means
+    # materialized. lakever's own truth is the state record (lakever.archive).
+    "state": pl.String(),
+    "archive_uri": pl.String(),
 }
 
 _MAX_ATTEMPTS = 200
@@ -232,6 +237,20 @@ class TagTable:
                 raise self.not_found(missing[0])
             predicate = " OR ".join(f"name = {_delta.sql_literal(n)}" for n in names)
             _delta.delete_rows(dt, predicate, {"lakever.snapshot_delete": ",".join(names)})
+
+        self._exact(attempt)
+
+    def set_archive(self, name: str, *, state: str, archive_uri: str | None) -> None:
+        """Record a snapshot's archive state and copy where readers outside lakever look."""
+        row = pl.DataFrame(
+            {"name": [name], "state": [state], "archive_uri": [archive_uri]},
+            schema={"name": pl.String(), "state": pl.String(), "archive_uri": pl.String()},
+        )
+
+        def attempt(dt: DeltaTable) -> None:
+            if name not in self._names_at(dt.version(), [name]):
+                raise self.not_found(name)
+            _delta.update_by_key(dt, row, "name", {"lakever.snapshot_state": name})
 
         self._exact(attempt)
 

@@ -255,3 +255,44 @@ def test_archive_and_unarchive_failing_midway_are_retried(
     monkeypatch.setattr(lv.archive, "_copy", real)
     assert ds.unarchive_snapshot("b").state == "materialized"
     assert content_hash(ds.at("b")) == want
+
+
+def test_outside_readers_find_an_archived_snapshot_in_the_tag_table(
+    lake: lv.Lake, tmp_path: Path
+) -> None:
+    """The README's Polars recipe, after archive and GC took the hot files."""
+    lake = _lake(lake, _cold(lake, tmp_path))
+    ds = _three_snapshots(lake)
+    want = table_hash(ds.at("a").read("labels"))
+    root = ds.root.uri
+    options = ds.root.delta_options()
+
+    def recipe(name: str) -> pl.DataFrame:
+        tags = pl.read_delta(f"{root}/snapshots", storage_options=options)
+        tags = tags.filter(pl.col("name") == name)
+        t = tags.explode("tables").unnest("tables").filter(pl.col("table") == "labels")
+        row = t.row(0, named=True)
+        if row["state"] == "archived":
+            uri = f"{row['archive_uri']}/{row['uri']}"
+            return pl.read_delta(uri, version=0, storage_options=options)
+        uri = f"{root}/{row['uri']}"
+        return pl.scan_delta(uri, version=row["version"], storage_options=options).collect()
+
+    assert table_hash(recipe("a")) == want
+    ds.archive_snapshot("a")
+    ds.gc(keep_within=timedelta(0), apply=True)
+    with pytest.raises(Exception, match=r"(?i)not found|no such file|does not exist"):
+        pl.scan_delta(
+            f"{root}/labels",
+            version=ds._tags.get("a").table_versions["labels"],
+            storage_options=options,
+        ).collect()  # the hot files are gone
+    assert table_hash(recipe("a")) == want
+    ds.unarchive_snapshot("a")
+    row = (
+        pl.read_delta(f"{root}/snapshots", storage_options=options)
+        .filter(pl.col("name") == "a")
+        .row(0, named=True)
+    )
+    assert (row["state"], row["archive_uri"]) == ("materialized", None)
+    assert table_hash(recipe("a")) == want
