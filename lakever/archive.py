@@ -63,14 +63,38 @@ _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 1}
 
 
+#: The longest span a setting takes: a century (longer ones overflow date arithmetic).
+MAX_SPAN = timedelta(days=36500)
+
+
 def parse_span(text: str, *, what: str) -> timedelta:
-    """'7d', '12h', '30m', '45s', '2w' (a bare number is seconds) as a timedelta."""
+    """'7d', '12h', '30m', '45s', '2w' (a bare number is seconds) as a timedelta.
+
+    Raises:
+        InvalidInputError: not a span, or longer than `MAX_SPAN`.
+    """
     m = _SPAN.match(str(text))
     if not m:
         raise InvalidInputError(
             f"{what} must be a number with a unit s, m, h, d or w (like 7d or 12h), got {text!r}"
         )
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    return check_span(seconds, what=what, shown=text)
+
+
+def check_span(value: timedelta | float, *, what: str, shown: Any = None) -> timedelta:
+    """A span of zero up to `MAX_SPAN` (a timedelta, or seconds) as a timedelta.
+
+    Raises:
+        InvalidInputError: negative, not a span, or longer than `MAX_SPAN`.
+    """
+    shown = value if shown is None else shown
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise InvalidInputError(f"{what} must be a timedelta of zero or more, got {shown!r}")
+    if seconds > MAX_SPAN.total_seconds():
+        raise InvalidInputError(f"{what} must be at most {MAX_SPAN.days} days, got {shown!r}")
+    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -98,8 +122,8 @@ def settings(
     if min_loaded_age is None:
         env = os.environ.get(ENV_MIN_AGE)
         age = timedelta(days=1) if not env else parse_span(env, what=f"${ENV_MIN_AGE}")
-    elif isinstance(min_loaded_age, timedelta) and min_loaded_age >= timedelta(0):
-        age = min_loaded_age
+    elif isinstance(min_loaded_age, timedelta):
+        age = check_span(min_loaded_age, what="min_loaded_age")
     else:
         raise InvalidInputError(
             f"min_loaded_age must be a timedelta of zero or more, got {min_loaded_age!r}"

@@ -305,7 +305,14 @@ class CommitLog:
         Raises:
             CommitNotFoundError: `when` is before the first commit.
         """
-        when = aware(when)
+        try:
+            when = aware(when)
+            when.astimezone(timezone.utc)
+        except (ValueError, OverflowError) as exc:
+            raise InvalidRefError(
+                f"{when.isoformat()!r} is outside the times a commit can have ({exc}); give a time "
+                "after the dataset's first commit"
+            ) from exc
         head = self.head()
         first = self.get(0) if head is not None else None
         if head is None or first is None or when < first.created_at:

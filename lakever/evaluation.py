@@ -23,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,20 @@ def _ids(values: pl.Series) -> pl.Series:
     return text.rank("dense").cast(pl.Int64)
 
 
+def _numbers(values: Any, what: str, kind: type) -> list[Any]:
+    """`values` as a list of numbers of `kind` (InvalidInputError naming `what` otherwise)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise InvalidInputError(f"{what} must be a list of numbers, got {values!r}")
+    out = []
+    for v in values:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or (kind is int and v != int(v)):
+            name = "whole numbers" if kind is int else "numbers"
+            raise InvalidInputError(f"{what} must hold {name}; {v!r} is not one (in {values!r})")
+        out.append(kind(v))
+    return out
+
+
 def _params(
     classes: Sequence[str],
     iou_thresholds: Sequence[float] | None,
@@ -121,15 +136,27 @@ def _params(
     area_ranges: Mapping[str, tuple[float, float]] | None,
     only: Sequence[str] | None,
 ) -> dict[str, Any]:
-    ious = [float(x) for x in (iou_thresholds or DEFAULT_IOUS)]
+    ious = _numbers(iou_thresholds or DEFAULT_IOUS, "iou_thresholds", float)
     if not ious or any(not 0 < x <= 1 for x in ious):
         raise InvalidInputError(f"iou_thresholds must lie in (0, 1], got {ious!r}")
-    dets = sorted(int(x) for x in max_dets)
+    dets = sorted(_numbers(max_dets, "max_dets", int))
     if not dets or dets[0] < 1:
         raise InvalidInputError(f"max_dets must be positive whole numbers, got {max_dets!r}")
-    areas = dict(area_ranges or DEFAULT_AREAS)
+    if not isinstance(area_ranges, (Mapping, type(None))):
+        raise InvalidInputError(
+            f"area_ranges must map names to (low, high) areas, got {area_ranges!r}"
+        )
+    areas: dict[str, list[float]] = {}
+    for name, bounds in dict(area_ranges or DEFAULT_AREAS).items():
+        pair = _numbers(bounds, f"area_ranges[{name!r}]", float)
+        if len(pair) != 2 or not 0 <= pair[0] <= pair[1]:
+            raise InvalidInputError(
+                f"area_ranges[{name!r}] must be two areas (low, high) with 0 <= low <= high, "
+                f"got {bounds!r}"
+            )
+        areas[str(name)] = pair
     if "all" not in areas:
-        areas = {"all": DEFAULT_AREAS["all"], **areas}
+        areas = {"all": list(DEFAULT_AREAS["all"]), **areas}
     picked = list(only) if only is not None else list(classes)
     unknown = [c for c in picked if c not in classes]
     if unknown or not picked:
@@ -137,7 +164,7 @@ def _params(
     return {
         "iou_thresholds": ious,
         "max_dets": dets,
-        "area_ranges": {k: [float(v[0]), float(v[1])] for k, v in areas.items()},
+        "area_ranges": areas,
         "classes": picked,
     }
 

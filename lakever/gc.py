@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lakever import _delta, _gcfiles, _records
+from lakever import _delta, _gcfiles, _records, archive
 from lakever._pruned import GC_OPERATION, GCRecord, ranges, record_name
 from lakever.commits import Commit, now_utc
 from lakever.errors import ConflictError, InvalidInputError
@@ -145,11 +145,11 @@ class _Plan:
 
 def check_keep_within(keep_within: Any) -> timedelta:
     """`keep_within` as a timedelta >= 0 (InvalidInputError otherwise)."""
-    if not isinstance(keep_within, timedelta) or keep_within < timedelta(0):
+    if not isinstance(keep_within, timedelta):
         raise InvalidInputError(
             f"keep_within must be a timedelta of zero or more, got {keep_within!r}"
         )
-    return keep_within
+    return archive.check_span(keep_within, what="keep_within")
 
 
 def collect(

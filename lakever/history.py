@@ -15,7 +15,7 @@ import bisect
 import json
 import math
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -55,8 +55,23 @@ def _plain(value: Any) -> Any:
 
 
 def row_json(row: dict[str, Any]) -> str:
-    """A row as canonical JSON (sorted keys, ISO times): how history shows values."""
-    return json.dumps({k: _plain(v) for k, v in row.items()}, sort_keys=True)
+    """A row as canonical JSON (sorted keys, ISO times): how history shows values.
+
+    Types JSON lacks show as text: decimals as written (``"1.50"``), binary as
+    hex, times as ISO 8601, at any depth (inside lists and structs too).
+    """
+    return json.dumps({k: _plain(v) for k, v in row.items()}, sort_keys=True, default=_text)
+
+
+def _text(value: Any) -> Any:
+    """What JSON shows for a value of a type it has none for."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return str(value)
+    return str(value)  # Decimal and anything else: its own text
 
 
 def _same(a: Any, b: Any) -> bool:

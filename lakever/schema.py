@@ -151,7 +151,11 @@ def _to_polars(data: Any) -> pl.DataFrame:
             raise InvalidInputError("a column of the Arrow batch has an empty name; name it")
         return pl.DataFrame(pl.from_arrow(data))
     if type(data).__module__.startswith("pandas"):
-        return pl.from_pandas(data)
+        try:
+            return pl.from_pandas(data)
+        except Exception as exc:
+            _mixed_pandas_column(data, exc)
+            raise
     if isinstance(data, Mapping):
         return pl.DataFrame(dict(data), strict=False)
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
@@ -170,6 +174,25 @@ def _to_polars(data: Any) -> pl.DataFrame:
         f"cannot read rows from a {type(data).__name__} ({data!r:.80}): pass a Polars, Arrow "
         "or pandas DataFrame, or a list of dicts"
     )
+
+
+def _mixed_pandas_column(data: Any, exc: Exception) -> None:
+    """Name the column (and a value) of a pandas batch whose values mix Python types."""
+    for name in getattr(data, "columns", []):
+        column = data[name]
+        if str(column.dtype) != "object":
+            continue
+        values = column.dropna().tolist()
+        kinds: dict[type, Any] = {}
+        for v in values:
+            kinds.setdefault(type(v), v)
+        if len(kinds) > 1:
+            (first, _), (other, value) = list(kinds.items())[:2]
+            raise InvalidInputError(
+                f"column {name!r} of the pandas batch mixes {first.__name__} and "
+                f"{other.__name__} values (such as {value!r}); give it one type "
+                f"(df[{name!r}].astype(str), say): {exc}"
+            ) from exc
 
 
 #: How each Polars type is stored in Delta (which has no unsigned integers, no

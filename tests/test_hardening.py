@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import time
@@ -239,3 +240,82 @@ def test_tag_rows_with_absolute_uris_keep_reading(local_lake: lv.Lake) -> None:
     write_deltalake(ds.tag_table_uri, row.to_arrow(), mode="append")  # as lakever 0.1 wrote
     assert ds.at("old-style").read("frames").height == 2
     assert [s.name for s in ds.list_snapshots()] == ["new-style", "old-style"]
+
+
+# -- hostile-input probes, round three (named after what they found) --------------------
+
+
+def test_spans_past_a_century_are_invalid_input(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from typer.testing import CliRunner
+
+    from lakever.cli import app
+
+    ds = local_lake.create_dataset("d", classes=CLASSES)
+    result = CliRunner().invoke(
+        app, ["gc", "d", "--keep-within", "999999999999d", "--uri", local_lake.uri]
+    )
+    assert result.exit_code == 2, result.output
+    assert "999999999999d" in result.output
+    with pytest.raises(lv.InvalidInputError, match="at most 36500 days"):
+        ds.gc(keep_within=timedelta(days=999_999_999))
+    monkeypatch.setenv("LAKEVER_SNAPSHOT_MIN_LOADED_AGE", "999999999999d")
+    with pytest.raises(lv.InvalidInputError, match="LAKEVER_SNAPSHOT_MIN_LOADED_AGE"):
+        lv.connect(local_lake.uri)
+    assert ds.gc(keep_within=timedelta(days=36500)).applied is False  # the bound itself is fine
+
+
+def test_evaluation_parameters_name_the_one_at_fault(local_lake: lv.Lake) -> None:
+    ds = local_lake.create_dataset("d", classes=CLASSES)
+    ds.add_frames(frames(range(2)))
+    ds.upsert_labels(labels(["f00000"], per_frame=1))
+    ds.upsert_inferences("p", labels(["f00000"], per_frame=1).with_columns(confidence=0.5))
+    cases = [
+        ({"max_dets": ["ten"]}, r"max_dets.*'ten'"),
+        ({"max_dets": [1.5]}, r"max_dets.*1\.5"),
+        ({"area_ranges": {"tiny": (0,)}}, r"area_ranges\['tiny'\]"),
+        ({"area_ranges": {"tiny": (5, 1)}}, r"area_ranges\['tiny'\]"),
+        ({"area_ranges": {"tiny": ("a", 1)}}, r"area_ranges\['tiny'\].*'a'"),
+        ({"iou_thresholds": [float("nan")]}, "iou_thresholds"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(lv.InvalidInputError, match=match):
+            ds.evaluate("p", **kwargs)
+    assert ds.evaluate("p", area_ranges={"tiny": (0, 32**2)}).summary["AP"] == 1.0
+
+
+def test_history_shows_decimal_and_binary_columns(local_lake: lv.Lake) -> None:
+    from decimal import Decimal
+
+    ds = local_lake.create_dataset("d", classes=CLASSES)
+    f = frames(["a"]).with_columns(
+        price=pl.Series([Decimal("1.50")], dtype=pl.Decimal(10, 2)),
+        blob=pl.Series([b"\x00\xff"], dtype=pl.Binary),
+    )
+    ds.add_frames(f)
+    ds.upsert_frames(f.with_columns(price=pl.Series([Decimal("2.25")], dtype=pl.Decimal(10, 2))))
+    h = ds.history(frame_id="a")
+    assert h.height == 2
+    last = json.loads(h.sort("seq")["after"][-1])
+    assert last["price"] == "2.25" and last["blob"] == "00ff"
+    assert h.sort("seq")["changed"][-1].to_list() == ["price"]
+
+
+def test_a_date_ref_out_of_range_is_an_invalid_ref(local_lake: lv.Lake) -> None:
+    ds = local_lake.create_dataset("d", classes=CLASSES)
+    for ref in ("0001-01-01", "0001-01-01T00:00:00+05:00"):
+        with pytest.raises(lv.InvalidRefError, match="outside the times"):
+            ds.at(ref)
+
+
+def test_a_mixed_pandas_column_is_named_with_its_value(local_lake: lv.Lake) -> None:
+    pd = pytest.importorskip("pandas")
+    ds = local_lake.create_dataset("d", classes=CLASSES)
+    df = frames(range(2)).to_pandas()
+    df["extra"] = pd.Series([1, "x"], dtype=object)
+    with pytest.raises(lv.InvalidInputError, match=r"column 'extra'.*'x'"):
+        ds.add_frames(df)
+    assert ds.head.seq == 0
