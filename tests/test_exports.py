@@ -286,3 +286,23 @@ def test_another_account_reads_the_lake_and_its_exports(tmp_path: Path) -> None:
         for parent, mode in opened:
             parent.chmod(mode)
     assert result.returncode == 0, result.stderr.decode()[:3000]
+
+
+def test_exports_stay_inside_their_prefix_on_the_lakes_store(lake: lv.Lake, tmp_path: Path) -> None:
+    """Hostile frame ids exported next to the lake (local folder or S3 prefix)."""
+    ds = _hostile_dataset(lake, ["../../escape", "/abs-escape", "a/../../b", "ok"])
+    base = str(tmp_path) if lake.root.is_local else lake.uri.rsplit("/", 1)[0]
+    target = f"{base}/exports/yolo"
+    ds.export_yolo(target)
+    ds.export(f"{base}/exports/tables")
+    from lakever.storage import user_location
+
+    everything = user_location(base, lake.root.options)
+    paths = [p for p, _, _ in everything.list_tree()]
+    outside = [p for p in paths if not p.startswith(("exports/yolo/", "exports/tables/", "lake/"))]
+    assert outside == []
+    labels_dir = user_location(f"{target}/labels", lake.root.options)
+    names = [p.removesuffix(".txt") for p, _, _ in labels_dir.list_tree()]
+    assert sorted(filenames.decode_path(n) for n in names) == sorted(
+        ["../../escape", "/abs-escape", "a/../../b", "ok"]
+    )
