@@ -151,7 +151,8 @@ def test_read_only_lake_is_one_line_and_writes_nothing(uri: str) -> None:
 
 
 def test_installed_entry_point_runs(tmp_path: Path) -> None:
-    exe = shutil.which("lakever") or str(Path(sys.executable).with_name("lakever"))
+    # the entry point installed beside the interpreter running the tests (venv active or not)
+    exe = str(Path(sys.executable).with_name("lakever"))
     proc = subprocess.run(
         [exe, "quickstart", "--frames", "300"],
         cwd=tmp_path,

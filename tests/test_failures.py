@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,7 +158,7 @@ def test_lock_makes_a_dead_attempt_of_a_live_process_visible(tmp_path: Path) -> 
         "time.sleep(60)\n"
     )
     proc = subprocess.Popen(
-        [shutil.which("python") or "python", "-c", code],
+        [sys.executable, "-c", code],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 import lakever as lv
@@ -22,97 +21,13 @@ from tests.helpers import CLASSES, frames, labels
 SAMPLE = Path(__file__).parent / "data" / "terrain2_coco.json"
 
 
-def _rle(height: int, width: int, seed: int) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    m = np.asfortranarray((rng.random((height, width)) > 0.6).astype(np.uint8))
-    rle = mask_utils.encode(m)
-    return {"size": rle["size"], "counts": rle["counts"].decode()}
+#: A small COCO file with what real ones hold: id gaps, crowds, RLE, keypoints, video frames.
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "instances.json"
 
 
 def coco_document() -> dict[str, Any]:
-    """A COCO file with what real ones hold: id gaps, crowds, RLE, keypoints, video frames."""
-    images = [
-        {
-            "id": 1,
-            "file_name": "a/1.jpg",
-            "width": 640,
-            "height": 480,
-            "license": 2,
-            "coco_url": "http://images/1.jpg",
-            "date_captured": "2013-11-14 16:28:13",
-        },
-        {"id": 7, "file_name": "a/7.jpg", "width": 320, "height": 240, "license": 1},
-        {
-            "id": 12,
-            "file_name": "clip/0003.jpg",
-            "width": 1280,
-            "height": 720,
-            "video_id": 4,
-            "frame_index": 3,
-        },
-        {"id": 13, "file_name": "empty.jpg", "width": 100, "height": 100},
-    ]
-    categories = [
-        {
-            "id": 1,
-            "name": "person",
-            "supercategory": "person",
-            "keypoints": ["nose", "eye"],
-            "skeleton": [[1, 2]],
-        },
-        {"id": 3, "name": "car", "supercategory": "vehicle"},
-        {"id": 90, "name": "toothbrush", "supercategory": "indoor"},
-    ]
-    annotations = [
-        {
-            "id": 100,
-            "image_id": 1,
-            "category_id": 1,
-            "bbox": [10.5, 20.25, 100.0, 200.0],
-            "area": 15321.5,
-            "iscrowd": 0,
-            "segmentation": [[10.5, 20.25, 110.5, 20.25, 110.5, 220.25]],
-            "keypoints": [50, 60, 2, 55, 62, 1],
-            "num_keypoints": 2,
-        },
-        {
-            "id": 101,
-            "image_id": 1,
-            "category_id": 3,
-            "bbox": [0, 0, 64, 48],
-            "area": 1200,
-            "iscrowd": 1,
-            "segmentation": _rle(480, 640, 1),
-        },
-        {
-            "id": 102,
-            "image_id": 7,
-            "category_id": 3,
-            "bbox": [1.0, 2.0, 3.0, 4.0],
-            "area": 12.0,
-            "iscrowd": 1,
-            "segmentation": {"size": [240, 320], "counts": [5, 10, 76785]},
-        },
-        {
-            "id": 103,
-            "image_id": 12,
-            "category_id": 90,
-            "bbox": [5.0, 5.0, 10.0, 10.0],
-            "area": 100.0,
-            "iscrowd": 0,
-            "segmentation": [[5, 5, 15, 5, 15, 15]],
-            "track_id": 9,
-            "score": 0.75,
-            "attributes": {"occluded": True, "tags": ["x"]},
-        },
-    ]
-    return {
-        "info": {"description": "test", "version": "1.0"},
-        "licenses": [{"id": 1, "name": "cc"}, {"id": 2, "name": "cc-by"}],
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
+    """A fresh copy of the shipped example COCO file (examples/instances.json)."""
+    return dict(json.loads(EXAMPLE.read_text()))
 
 
 def _by_id(records: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.test_formats import coco_document
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 _FENCE = re.compile(r"```(\w*)\n(.*?)```", re.S)
@@ -40,7 +38,7 @@ def _needs(body: str) -> set[str]:
 
 def _run_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, Any]) -> int:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "instances.json").write_text(json.dumps(coco_document()))
+    shutil.copytree(README.parent / "examples", tmp_path / "examples")
     namespace: dict[str, Any] = {"__name__": "readme"}
     ran = 0
     for body, expected in snippets():
