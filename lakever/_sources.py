@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from lakever.errors import InvalidInputError
+from lakever.errors import InvalidInputError, SourceNotFoundError
 from lakever.schema import to_polars
 from lakever.storage import user_location
 
@@ -140,7 +140,7 @@ def _expand(pattern: str, options: Mapping[str, str]) -> list[str]:
     except OSError as exc:
         raise InvalidInputError(f"cannot list {pattern!r}: {exc}") from exc
     if not found:
-        raise InvalidInputError(f"no file matches {pattern!r}")
+        raise SourceNotFoundError(f"no file matches {pattern!r}")
     return [scheme + p for p in found]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from lakever import _delta
+from lakever._progress import phase
 from lakever._protocol import DELETE_OPERATION, EDIT_MODES, MERGE_ON_READ
 from lakever.archive import ArchiveSettings, settings
 from lakever.commits import aware
@@ -278,11 +279,11 @@ class Lake:
         from lakever import coco
 
         root = self._dataset_root(name)
-        doc = (
-            dict(annotations)
-            if isinstance(annotations, Mapping)
-            else coco.read_document(str(annotations), root.options)
-        )
+        if isinstance(annotations, Mapping):
+            doc = dict(annotations)
+        else:
+            with phase(f"reading {annotations}"):
+                doc = coco.read_document(str(annotations), root.options)
         exists = root.child("_lakever", "dataset.json").read_or_none() is not None
         if exists and not exist_ok:
             raise DatasetExistsError(
@@ -426,7 +427,8 @@ class Lake:
                 names = ", ".join(repr(s.name) for s in snaps[:5])
                 raise SnapshotsExistError(
                     f"dataset {name!r} has {len(snaps)} snapshot(s) ({names}); delete them "
-                    "first or pass force=True to delete the dataset with its snapshots"
+                    "first, or pass force=True (CLI: --force) to delete the dataset with its "
+                    "snapshots"
                 )
             ds._runner.publish_tombstone(author=default_author())
         marker.remove()

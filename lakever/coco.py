@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lakever.errors import InvalidInputError, RowError, ValidationError
+from lakever.errors import InvalidInputError, RowError, SourceNotFoundError, ValidationError
 from lakever.schema import FRAMES, LABELS, core_columns
 from lakever.storage import user_location
 
@@ -58,7 +58,7 @@ def read_json(source: str | os.PathLike[str], options: Mapping[str, str], *, wha
     try:
         return json.loads(loc.read_bytes())
     except FileNotFoundError:
-        raise InvalidInputError(f"no {what} at {loc.uri!r}") from None
+        raise SourceNotFoundError(f"no {what} at {loc.uri!r}: check the path") from None
     except ValueError as exc:
         raise InvalidInputError(f"{loc.uri!r} is not valid JSON: {exc}") from exc
 

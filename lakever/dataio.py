@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 
+from lakever._progress import phase
 from lakever.errors import InvalidInputError
 from lakever.refs import Ref
 from lakever.uploads import Upload, UploadRecords
@@ -200,7 +201,8 @@ class DataIO:
         options = ds.root.options
         names = classes or yolo.read_names(str(root), options) or list(ds.head.classes)
         _require_classes(ds, names, what="YOLO class")
-        frames, labels = yolo.read_dataset(str(root), names, options)
+        with phase(f"reading image sizes and labels under {root}"):
+            frames, labels = yolo.read_dataset(str(root), names, options)
         return ds.ingest(
             frames=frames,
             labels=labels,
@@ -233,7 +235,8 @@ def _document(ds: Dataset, annotations: str | Mapping[str, Any]) -> dict[str, An
 
     if isinstance(annotations, Mapping):
         return dict(annotations)
-    return coco.read_document(str(annotations), ds.root.options)
+    with phase(f"reading {annotations}"):
+        return coco.read_document(str(annotations), ds.root.options)
 
 
 def _require_classes(ds: Dataset, names: Sequence[str], *, what: str) -> None:
@@ -258,8 +261,10 @@ def _import_coco(
     from lakever.ingest import ingest
 
     _require_classes(ds, coco.category_names(doc), what="COCO categor")
-    frames, frame_json = coco.frames_frame(doc, images_root)
-    labels, label_json = coco.labels_frame(doc)
+    sizes = f"{len(doc['images']):,} images and {len(doc.get('annotations', [])):,} annotations"
+    with phase(f"converting {sizes}"):
+        frames, frame_json = coco.frames_frame(doc, images_root)
+        labels, label_json = coco.labels_frame(doc)
     coco.remember(ds, doc, {"frames": frame_json, "labels": label_json})
     unsafe = ("unsafe_path", "file_name", coco.UNSAFE_FILE_NAME, coco.UNSAFE_DETAIL)
     return ingest(

@@ -121,6 +121,10 @@ class UploadNotFoundError(LakeverError, LookupError):
     """No upload with that id was recorded in the dataset."""
 
 
+class SourceNotFoundError(LakeverError, LookupError):
+    """A file or folder named as input (a COCO file, a glob of uploads) does not exist."""
+
+
 class ReadOnlyError(LakeverError, PermissionError):
     """A write was attempted through a read-only view of a past version."""
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +29,7 @@ import polars as pl
 from lakever import coco, yolo
 from lakever.commits import now_utc
 from lakever.errors import InvalidInputError
-from lakever.storage import Location, user_location
+from lakever.storage import Location, storage_error, user_location
 
 if TYPE_CHECKING:
     from lakever.view import TableReader
@@ -83,10 +85,10 @@ def export_coco(reader: TableReader, path: str | None) -> dict[str, Any]:
 
 def export_yolo(reader: TableReader, directory: str, *, overwrite: bool = False) -> int:
     """Write the version as a YOLO folder; return the number of frames written."""
-    files = yolo.export_files(reader)
     loc = user_location(directory, reader._dataset.root.options)
-    write_folder(reader, loc, files, format="yolo", overwrite=overwrite)
-    return sum(1 for rel, _ in files if rel.startswith("labels/"))
+    files, links, count = yolo.export_files(reader, loc.uri)
+    write_folder(reader, loc, files, format="yolo", overwrite=overwrite, links=links)
+    return count
 
 
 def write_folder(
@@ -96,8 +98,12 @@ def write_folder(
     *,
     format: str,
     overwrite: bool,
+    links: Sequence[tuple[str, str]] = (),
 ) -> None:
     """Make `loc` hold exactly `files` (paths relative to it) and their manifest.
+
+    `links` are (path, local file) pairs made symbolic links when `loc` is a
+    local folder (a YOLO export's images), and left out elsewhere.
 
     Raises:
         InvalidInputError: `loc` holds a file no earlier export listed, and
@@ -112,7 +118,8 @@ def write_folder(
             f"{loc.uri} holds {foreign[0]!r}{more}, which no lakever export wrote; export into "
             "an empty folder, or pass overwrite=True (CLI --overwrite) to replace everything in it"
         )
-    new = [rel for rel, _ in files]
+    links = list(links) if loc.is_local else []
+    new = [rel for rel, _ in files] + [rel for rel, _ in links]
     ds = reader._dataset
     body = {
         "format": 1,
@@ -127,6 +134,8 @@ def write_folder(
     loc.child(MANIFEST).put(json.dumps({**body, "complete": False, "files": interim}).encode())
     for rel, data in files:
         loc.child(*rel.split("/")).put(data)
+    for rel, target in links:
+        _link(loc.child(*rel.split("/")).path, target)
     stale = present - set(new) - {MANIFEST}
     loc.remove_many([loc.child(*rel.split("/")) for rel in sorted(stale)])
     loc.child(MANIFEST).put(json.dumps({**body, "complete": True, "files": sorted(new)}).encode())
@@ -142,3 +151,14 @@ def _listed(loc: Location) -> set[str]:
     except (ValueError, AttributeError):
         return set()
     return {f for f in files if isinstance(f, str)}
+
+
+def _link(path: str, target: str) -> None:
+    """Point a symbolic link at `path` to `target`, replacing whatever is there."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        os.symlink(os.path.abspath(target), tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise storage_error("link", path, exc) from exc

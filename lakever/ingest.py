@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from lakever._progress import progress_bar
 from lakever._rowstream import KeySet, RowDigest, same_rows
 from lakever._sources import batches
 from lakever._staging import Stage
@@ -48,8 +47,6 @@ if TYPE_CHECKING:
 
 MODES = ("upsert", "add", "replace_labels")
 OPERATION = "ingest"
-#: $LAKEVER_PROGRESS=0 hides the progress bar, =1 shows it even off a terminal.
-PROGRESS_ENV = "LAKEVER_PROGRESS"
 #: Chunk rows and errors of committed chunks are written at most this often.
 FLUSH_SECONDS = 2.0
 
@@ -145,7 +142,7 @@ def ingest(
     skip = dict(state.counts.received)
     recorder = _Recorder(records)
     reading = _Reading(state)
-    with _progress_bar(progress, sum(skip.values())) as advance:
+    with progress_bar(progress, sum(skip.values())) as advance:
         for parts in _chunks(sources, chunk_rows, skip, ds.root.options, reading):
             _run_chunk(ds, recorder, state, parts, reading.digest.value())
             advance(sum(p.rows.height for p in parts), _total(state.counts.rejected))
@@ -632,37 +629,3 @@ def _error_frame(state: _State, table: str, errors: list[RowError]) -> pl.DataFr
         },
         schema=ERROR_SCHEMA,
     )
-
-
-# -- progress ------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _progress_bar(show: bool | None, start: int) -> Iterator[Any]:
-    """A progress bar (rows, rows/s, rejected) on a terminal; silent in scripts and CI."""
-    if show is None:
-        env = os.environ.get(PROGRESS_ENV)
-        show = env == "1" if env in ("0", "1") else sys.stderr.isatty() and not os.environ.get("CI")
-    if not show:
-        yield lambda rows, rejected: None
-        return
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.completed:,} rows"),
-        TextColumn("{task.fields[rate]} rows/s"),
-        TextColumn("{task.fields[rejected]:,} rejected"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bar:
-        task = bar.add_task("upload", total=None, completed=start, rejected=0, rate="-")
-
-        def advance(rows: int, rejected: int) -> None:
-            bar.update(task, advance=rows, rejected=rejected)
-            speed = bar.tasks[task].speed
-            bar.update(task, rate=f"{speed:,.0f}" if speed else "-")
-
-        yield advance

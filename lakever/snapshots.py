@@ -97,9 +97,11 @@ class Snapshots:
     ) -> Snapshot:
         """Freeze a named, read-only snapshot of HEAD (or of `ref`).
 
-        Costs one small row in the tag table: no data is copied. With an
-        archive configured, a snapshot over the connection's limits first
-        archives the least recently loaded one.
+        Without a name, the snapshot is named ``snap-<seq>-<UTC time>``
+        (``snap-7-20261202T074526123456Z``): letters, digits and dashes only,
+        so it can be typed as a ref. Costs one small row in the tag table: no
+        data is copied. With an archive configured, a snapshot over the
+        connection's limits first archives the least recently loaded one.
 
         Raises:
             SnapshotExistsError: the name is taken.
@@ -108,11 +110,11 @@ class Snapshots:
         """
         ds = self._ds()
         created = now_utc()
-        if name is None:
-            name = f"snapshot {created.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
-        check_snapshot_name(name)
         head = ds.head
         commit = head if ref is None else ds.resolve(ref)
+        if name is None:  # a typeable ref: no spaces, no colons
+            name = f"snap-{commit.seq}-{created.strftime('%Y%m%dT%H%M%S%fZ')}"
+        check_snapshot_name(name)
         make_room(ds)  # archives the least recently loaded snapshot if a limit says so
         snap = ds._tags.create(
             name,

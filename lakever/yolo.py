@@ -13,16 +13,25 @@ turned into lakever's pixels (top-left corner and size). A class index outside
 the names becomes that number as ``cls`` and is rejected as an unknown class;
 a malformed line is rejected as a bad box.
 
-Export writes ``labels/<frame_id>.txt`` for every frame (empty when it has no
-labels; the id encoded by `lakever.filenames.encode_path`: ``train/7`` stays
-``train/7.txt``, ``cam 1/7`` is ``cam%201/7.txt``, ``/srv/x`` is
-``%2Fsrv%2Fx.txt``), ``data.yaml`` with the class map in order, and
-``images.txt`` with one image URI per line, in the same order as the label
-files.
+Export makes a folder Ultralytics trains on, named after the images: for each
+frame, ``labels/<name>.txt`` (empty when it has no labels) and, when its image
+is a local file, ``images/<name><ext>``, a symbolic link to it (media are never
+copied). ``<name>`` is the image's path without extension: its COCO
+``file_name``, else its path under an ``images/`` folder (a YOLO import), else
+its file name; each part is encoded by `lakever.filenames.encode` (so no name
+leaves the folder), and a name two frames share gets ``~<frame id>`` added.
+``data.yaml`` holds ``path`` (the folder's absolute path or URI: Ultralytics
+reads a relative one against its own datasets folder), ``train`` and ``val``
+(``images``)
+and ``names`` in class-map order; ``images.txt`` lists each frame's image URI
+in label-file order; ``frames.json`` maps each name to its frame id, so
+importing the export gives back the same frame ids and labels.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import posixpath
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,6 +48,8 @@ if TYPE_CHECKING:
     from lakever.view import TableReader
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+#: The export's map from label-file name to frame id (read back by import).
+FRAME_IDS = "frames.json"
 
 
 def _root(root: str, options: Mapping[str, str]) -> Location:
@@ -89,6 +100,7 @@ def read_dataset(
     images = _relative(
         sorted(p for p in fs.find(images_dir) if p.lower().endswith(IMAGE_SUFFIXES)), images_dir
     )
+    ids = _frame_ids(loc)
     texts = (
         _relative(sorted(p for p in fs.find(labels_dir) if p.endswith(".txt")), labels_dir)
         if fs.isdir(labels_dir)
@@ -106,8 +118,8 @@ def read_dataset(
         sizes[frame_id] = (width, height)
         frames.append(
             {
-                "frame_id": frame_id,
-                "uri": scheme + path,
+                "frame_id": ids.get(frame_id, frame_id),
+                "uri": scheme + (os.path.realpath(path) if loc.is_local else path),
                 "media_type": "image",
                 "width": width,
                 "height": height,
@@ -119,10 +131,24 @@ def read_dataset(
         lines = fs.cat_file(path).decode().splitlines()
         for i, line in enumerate(lines):
             if line.strip():
-                rows.append(_label(frame_id, i, line, classes, width, height))
+                rows.append(_label(ids.get(frame_id, frame_id), i, line, classes, width, height))
     return pl.DataFrame(frames, schema=_required("frames")), pl.DataFrame(
         rows, schema=_required("labels")
     )
+
+
+def _frame_ids(loc: Location) -> dict[str, str]:
+    """Name -> frame id from a lakever export's ``frames.json`` ({} for other folders)."""
+    data = loc.child(FRAME_IDS).read_or_none()
+    if data is None:
+        return {}
+    try:
+        ids = json.loads(data)
+    except ValueError as exc:
+        raise InvalidInputError(f"{loc.child(FRAME_IDS).uri} is not valid JSON: {exc}") from exc
+    if not isinstance(ids, dict):
+        raise InvalidInputError(f"{loc.child(FRAME_IDS).uri} must map names to frame ids")
+    return {str(k): str(v) for k, v in ids.items()}
 
 
 def _required(kind: TableKind) -> dict[str, pl.DataType]:
@@ -154,12 +180,13 @@ def _label(
     }
 
 
-def export_files(reader: TableReader) -> list[tuple[str, bytes]]:
-    """The files of a version as a YOLO folder: (path inside the folder, bytes) pairs.
+def export_files(
+    reader: TableReader, folder: str
+) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]], int]:
+    """A version as a YOLO folder at `folder`: its files, image links and frame count.
 
-    Label files are named after the frame id, encoded by
-    `lakever.filenames.encode_path` (so a hostile id never names a path outside
-    the folder, and ``train/000123`` stays in ``train/``).
+    Returns (path in the folder, bytes) pairs, (path in the folder, local image
+    path) links, and the number of frames; see the module doc for the layout.
     """
     classes = list(reader.classes)
     index = {c: i for i, c in enumerate(classes)}
@@ -179,13 +206,45 @@ def export_files(reader: TableReader) -> list[tuple[str, bytes]]:
     by_frame: dict[str, list[str]] = {}
     for f, c, cx, cy, nw, nh, _ in lines.iter_rows():
         by_frame.setdefault(f, []).append(f"{c} {cx!r} {cy!r} {nw!r} {nh!r}")
-    files = []
-    for frame_id in frames["frame_id"].to_list():
+    files: list[tuple[str, bytes]] = []
+    links: list[tuple[str, str]] = []
+    ids: dict[str, str] = {}
+    file_names = frames["file_name"] if "file_name" in frames.columns else None
+    for i, (frame_id, uri) in enumerate(frames.select("frame_id", "uri").iter_rows()):
+        source = file_names[i] if file_names is not None and file_names[i] else uri
+        name, ext = _image_name(source, frame_id, taken=ids)
+        ids[name] = frame_id
         text = "".join(line + "\n" for line in by_frame.get(frame_id, []))
-        name = filenames.encode_path(frame_id, what="frame id")
         files.append((f"labels/{name}.txt", text.encode()))
+        if "://" not in uri and os.path.isfile(uri):
+            links.append((f"images/{name}{ext}", uri))
     names = {i: c for i, c in enumerate(classes)}
-    data = yaml.safe_dump({"nc": len(classes), "names": names}, sort_keys=False).encode()
-    files.append(("data.yaml", data))
+    data = {"path": folder, "train": "images", "val": "images", "nc": len(classes), "names": names}
+    files.append(("data.yaml", yaml.safe_dump(data, sort_keys=False).encode()))
     files.append(("images.txt", "".join(u + "\n" for u in frames["uri"].to_list()).encode()))
-    return files
+    files.append((FRAME_IDS, json.dumps(ids, indent=1, ensure_ascii=False).encode()))
+    return files, links, frames.height
+
+
+def _image_name(source: str, frame_id: str, *, taken: Mapping[str, str]) -> tuple[str, str]:
+    """The safe, unique name (no extension) of a frame's label file, and its image's extension.
+
+    `source` is the frame's COCO ``file_name`` (relative: its folders are
+    kept) or its URI (the path under ``images/`` for a YOLO layout, else the
+    file name).
+    """
+    path = source.split("://", 1)[-1]
+    if "/images/" in f"/{path}":
+        path = f"/{path}".rsplit("/images/", 1)[1]
+    elif "://" in source or path.startswith("/"):
+        path = posixpath.basename(path)
+    stem, ext = posixpath.splitext(path)
+    parts = [p for p in stem.split("/") if p] or [frame_id]
+    name = "/".join(filenames.encode(p, what="image name") for p in parts)
+    if name in taken:
+        base, n = f"{name}~{filenames.encode(frame_id, what='frame id')}", 1
+        name = base
+        while name in taken:
+            n += 1
+            name = f"{base}~{n}"
+    return name, ext if ext.lower() in IMAGE_SUFFIXES else ".jpg"

@@ -39,7 +39,7 @@ def _files_under(root: Path) -> set[str]:
 
 def _hostile_dataset(lake: lv.Lake, ids: list[str]) -> lv.Dataset:
     ds = lake.create_dataset("hostile", classes=CLASSES)
-    ds.add_frames(frames(ids))
+    ds.add_frames(frames(ids, file_name=[f"{i}.jpg" for i in ids]))  # as a COCO file names them
     ds.upsert_labels(labels(ids, per_frame=1))
     return ds
 
@@ -56,11 +56,13 @@ def test_yolo_export_never_writes_outside_its_folder(local_lake: lv.Lake, tmp_pa
 
 
 def _label_files(root: Path) -> dict[str, str]:
-    """Frame id -> text of every label file of a YOLO export."""
+    """Frame id -> text of every label file of a YOLO export (through its frames.json)."""
+    ids = json.loads((root / "frames.json").read_text())
     out = {}
     for p in (root / "labels").rglob("*.txt"):
         rel = str(p.relative_to(root / "labels")).removesuffix(".txt")
-        out[filenames.decode_path(rel)] = p.read_text()
+        out[ids[rel]] = p.read_text()
+    assert len(out) == len(ids)
     return out
 
 
@@ -77,9 +79,10 @@ def test_cli_yolo_export_encodes_ids(local_lake: lv.Lake, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert _files_under(out) == {
         "labels/%2E%2E/%2E%2E/escape.txt",
-        "labels/%2Fsrv%2Fabs-escape.txt",
+        "labels/abs-escape.txt",
         "data.yaml",
         "images.txt",
+        "frames.json",
         MANIFEST,
     }
     assert not (tmp_path / "escape.txt").exists()
@@ -302,7 +305,7 @@ def test_exports_stay_inside_their_prefix_on_the_lakes_store(lake: lv.Lake, tmp_
     outside = [p for p in paths if not p.startswith(("exports/yolo/", "exports/tables/", "lake/"))]
     assert outside == []
     labels_dir = user_location(f"{target}/labels", lake.root.options)
-    names = [p.removesuffix(".txt") for p, _, _ in labels_dir.list_tree()]
-    assert sorted(filenames.decode_path(n) for n in names) == sorted(
-        ["../../escape", "/abs-escape", "a/../../b", "ok"]
-    )
+    names = {p.removesuffix(".txt") for p, _, _ in labels_dir.list_tree()}
+    ids = json.loads(user_location(f"{target}/frames.json", lake.root.options).read_bytes())
+    assert set(ids) == names
+    assert sorted(ids.values()) == sorted(["../../escape", "/abs-escape", "a/../../b", "ok"])

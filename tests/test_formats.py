@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -249,8 +250,60 @@ def test_yolo_round_trip(local_lake: lv.Lake, tmp_path: Path) -> None:
             assert gv[0] == wv[0]
             for x, y in zip(gv[1:], wv[1:], strict=True):
                 assert math.isclose(float(x), float(y), rel_tol=1e-12, abs_tol=1e-15)
-    assert "bike" in (out / "data.yaml").read_text()
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    assert data["path"] == str(out) and data["train"] == "images"
+    assert data["names"] == {0: "car", 1: "person", 2: "bike"}
     assert len((out / "images.txt").read_text().splitlines()) == 3
+    # images/ links to the media, one per label file, same stem: what Ultralytics pairs
+    for stem in lines:
+        image = out / "images" / f"{stem}.png"
+        assert image.is_symlink() and image.resolve() == (tmp_path / "y" / "images" / f"{stem}.png")
+
+    # lakever reads its own export back: same frames, same labels
+    again = local_lake.create_dataset("again", classes=["car", "person", "bike"])
+    up = again.import_yolo(str(out))
+    assert up.status == "done", up.errors
+    cols = ["frame_id", "uri", "width", "height"]
+    assert (
+        again.read("frames")
+        .select(cols)
+        .sort("frame_id")
+        .equals(ds.read("frames").select(cols).sort("frame_id"))
+    )
+    box = ["frame_id", "cls", "x", "y", "w", "h"]
+    got = again.read("labels").select(box).sort(box).rows()
+    want = ds.read("labels").select(box).sort(box).rows()
+    assert len(got) == len(want) == 3
+    for g, w in zip(got, want, strict=True):
+        assert g[:2] == w[:2] and all(
+            math.isclose(a, b, abs_tol=1e-9) for a, b in zip(g[2:], w[2:], strict=True)
+        )
+
+
+def test_yolo_export_of_a_coco_dataset_is_named_after_its_images(
+    local_lake: lv.Lake, tmp_path: Path
+) -> None:
+    doc = coco_document()
+    media = tmp_path / "media"
+    for image in doc["images"]:
+        (media / image["file_name"]).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (image["width"], image["height"])).save(media / image["file_name"])
+    ds, _ = local_lake.import_coco("c", doc, images_root=str(media))
+    out = tmp_path / "yolo"
+    assert ds.export_yolo(str(out)) == 4
+    stems = sorted(str(p.relative_to(out / "labels")) for p in (out / "labels").rglob("*.txt"))
+    assert stems == ["a/1.txt", "a/7.txt", "clip/0003.txt", "empty.txt"]
+    assert sorted(json.loads((out / "frames.json").read_text()).values()) == ["1", "12", "13", "7"]
+    assert (out / "images" / "a" / "1.jpg").resolve() == media / "a" / "1.jpg"
+    back = local_lake.create_dataset("back", classes=list(ds.classes))
+    assert back.import_yolo(str(out)).rows_committed == {"frames": 4, "labels": 4}
+    assert sorted(back.read("labels")["frame_id"]) == sorted(ds.read("labels")["frame_id"])
+    # exported again without frame 13: its link and label file go, the media stays
+    ds.delete_frames(["13"])
+    assert ds.export_yolo(str(out)) == 3
+    assert not (out / "images" / "empty.jpg").is_symlink()
+    assert not (out / "labels" / "empty.txt").exists()
+    assert (media / "empty.jpg").exists()
 
 
 def test_yolo_bad_lines_are_rejected(local_lake: lv.Lake, tmp_path: Path) -> None:

@@ -33,13 +33,30 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(_plain(data), indent=2, sort_keys=False) + "\n")
 
 
+#: Columns whose values are never cut or wrapped (names, ids, times): a reader
+#: copies them into the next command. The others wrap to fit.
+KEY_COLUMNS = frozenset(
+    {
+        "name", "id", "seq", "commit", "time (UTC)", "created (UTC)", "started (UTC)",
+        "last loaded", "key", "upload", "upload_id", "table", "dataset", "set", "label_id",
+        "frame_id", "snapshot", "state", "status", "from_cls", "to_cls", "cls", "rule",
+        "column", "row",
+    }
+)  # fmt: skip
+
+
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Print a table on stdout."""
+    """Print a table on stdout: key columns whole, the others wrapped to fit the width."""
+    cells = [["" if v is None else str(v) for v in r] for r in rows]
     t = Table(title=title, title_justify="left", header_style="bold")
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+    for i, c in enumerate(columns):
+        if c in KEY_COLUMNS:
+            widest = max([len(c), *(len(r[i]) for r in cells)])
+            t.add_column(c, no_wrap=True, min_width=widest, overflow="ignore")
+        else:
+            t.add_column(c, overflow="fold")
+    for r in cells:
+        t.add_row(*r)
     out.print(t)
 
 

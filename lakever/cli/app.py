@@ -17,6 +17,11 @@ import lakever as lv
 from lakever.cli import _output as o
 from lakever.cli.quickstart import run_quickstart
 
+try:  # typer 0.2x carries its own copy of click
+    from typer._click import exceptions as _usage
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click import exceptions as _usage  # type: ignore[no-redef]
+
 #: Options every command takes; they may also come before the command's name.
 _GLOBAL_FLAGS = ("--json", "--verbose", "-v")
 _GLOBAL_VALUES = ("--uri",)
@@ -51,6 +56,7 @@ app = typer.Typer(
     "--uri, --json and --verbose go before or after the command's name.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 snapshot_app = typer.Typer(help="Create, list, show and delete snapshots.", no_args_is_help=True)
 app.add_typer(snapshot_app, name="snapshot")
@@ -196,7 +202,7 @@ def datasets(
 @app.command()
 @_guard
 def create(
-    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name.")],
     classes: Annotated[str, typer.Option(help="Comma-separated class names.")],
     uri: Uri = None,
     json_out: Json = False,
@@ -240,7 +246,7 @@ def create(
 @app.command("log")
 @_guard
 def log_cmd(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -257,8 +263,10 @@ def log_cmd(
 @app.command()
 @_guard
 def revert(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    ref: Annotated[str, typer.Argument(help="Snapshot name, commit id or seq, or ISO time.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
+    ref: Annotated[
+        str, typer.Argument(metavar="REF", help="Snapshot name, commit id or seq, or ISO time.")
+    ],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -275,12 +283,10 @@ def revert(
         target = ds.resolve(ref)
         doomed = [s.name for s in ds.list_snapshots(changes=False) if s.commit_seq > target.seq]
         if doomed and not yes:
-            o.err.print(
-                f"error: this would delete {len(doomed)} snapshot(s): {', '.join(doomed)}; "
-                "add --yes to confirm",
-                markup=False,
+            raise lv.InvalidInputError(
+                f"this would delete {len(doomed)} snapshot(s): {', '.join(doomed)}; "
+                "add --yes to confirm"
             )
-            raise typer.Exit(1)
     commit = ds.revert(ref, discard_newer_snapshots=discard_newer_snapshots, message=message)
     if json_out:
         o.emit_json({**commit.to_dict(), "changed": commit.seq != before.seq})
@@ -343,9 +349,11 @@ def _cells(r: dict[str, Any]) -> tuple[str, list[str], Any, Any]:
 @app.command("diff")
 @_guard
 def diff_cmd(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    a: Annotated[str, typer.Argument(help="From: snapshot, commit id or seq, or ISO time.")],
-    b: Annotated[str | None, typer.Argument(help="To (default HEAD).")] = None,
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
+    a: Annotated[
+        str, typer.Argument(metavar="A", help="From: snapshot, commit id or seq, or ISO time.")
+    ],
+    b: Annotated[str | None, typer.Argument(metavar="B", help="To (default HEAD).")] = None,
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -361,7 +369,7 @@ def diff_cmd(
 @app.command()
 @_guard
 def status(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -379,7 +387,7 @@ def status(
 @app.command()
 @_guard
 def history(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -438,9 +446,14 @@ def _parse_meta(items: list[str]) -> dict[str, Any]:
 @snapshot_app.command("create")
 @_guard
 def snapshot_create(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     name: Annotated[
-        str | None, typer.Argument(help="Snapshot name (default: timestamped).")
+        str | None,
+        typer.Argument(
+            metavar="NAME",
+            help="Snapshot name (default: snap-<seq>-<UTC time>, e.g. "
+            "snap-7-20261202T074526123456Z: no spaces or colons, so it can be typed as a ref).",
+        ),
     ] = None,
     uri: Uri = None,
     json_out: Json = False,
@@ -463,7 +476,7 @@ def snapshot_create(
 @snapshot_app.command("list")
 @_guard
 def snapshot_list(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -479,8 +492,8 @@ def snapshot_list(
 @snapshot_app.command("show")
 @_guard
 def snapshot_show(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    name: Annotated[str, typer.Argument(help="Snapshot name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Snapshot name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -512,8 +525,8 @@ def snapshot_show(
 @snapshot_app.command("delete")
 @_guard
 def snapshot_delete(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    name: Annotated[str, typer.Argument(help="Snapshot name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Snapshot name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -523,11 +536,9 @@ def snapshot_delete(
     ds = lv.connect(uri).dataset(dataset)
     snap = ds.snapshot(name)
     if not yes:
-        o.err.print(
-            f"error: deleting snapshot {name!r} (commit {snap.commit_seq}) needs --yes",
-            markup=False,
+        raise lv.InvalidInputError(
+            f"deleting snapshot {name!r} (commit {snap.commit_seq}) needs --yes"
         )
-        raise typer.Exit(1)
     ds.delete_snapshot(name)
     if json_out:
         o.emit_json({"deleted": name})
@@ -538,7 +549,7 @@ def snapshot_delete(
 @app.command()
 @_guard
 def delete(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -558,7 +569,7 @@ def delete(
 @app.command()
 @_guard
 def repair(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -582,6 +593,28 @@ def repair(
 
 
 def main() -> None:
-    """Entry point of the `lakever` command."""
-    app(prog_name="lakever")
-    sys.exit(0)
+    """Entry point of the `lakever` command.
+
+    Usage errors (an unknown command or option) follow the same contract as
+    every other failure: one line on stderr, or an ``{"error": ...}`` object
+    on stdout with --json, and exit code 2.
+    """
+    args = sys.argv[1:]
+    try:
+        code = app(args=args, prog_name="lakever", standalone_mode=False)
+    except _usage.NoArgsIsHelpError as exc:
+        o.out.print(exc.ctx.get_help() if exc.ctx else "", markup=False)
+        sys.exit(0)
+    except _usage.UsageError as exc:
+        text = exc.format_message()
+        if "--json" in args:
+            error = {"type": "UsageError", "message": text, "exit_code": EXIT_INVALID}
+            o.emit_json({"error": error})
+        else:
+            hint = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
+            o.err.print(f"error: {text}{hint}", markup=False)
+        sys.exit(EXIT_INVALID)
+    except (typer.Abort, KeyboardInterrupt):
+        o.err.print("interrupted", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import polars as pl
@@ -60,8 +61,10 @@ def _upload_dict(up: lv.Upload) -> dict[str, Any]:
 @_guard
 def import_cmd(
     fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="coco, yolo, parquet, csv, jsonl.")],
-    source: Annotated[str, typer.Argument(help="File, glob or folder (local or s3://).")],
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    source: Annotated[
+        str, typer.Argument(metavar="SOURCE", help="File, glob or folder (local or s3://).")
+    ],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -148,11 +151,16 @@ def export_cmd(
     json_out: Json = False,
     verbose: Verbose = False,
     fmt: Annotated[
-        str, typer.Option("--format", help="coco, yolo, parquet, csv or jsonl.")
-    ] = "parquet",
+        str | None,
+        typer.Option(
+            "--format",
+            help="coco, yolo, parquet, csv or jsonl (default: coco for OUT ending in .json, "
+            "else a folder of parquet files).",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool,
-        typer.Option(help="Replace a folder holding files no lakever export wrote."),
+        typer.Option("--overwrite", help="Replace a folder holding files no lakever export wrote."),
     ] = False,
 ) -> None:
     """Write a version (default HEAD) out: COCO JSON, a YOLO folder, or a file per table."""
@@ -160,6 +168,7 @@ def export_cmd(
         raise lv.InvalidInputError("give DATASET [REF] OUT")
     dataset, out = args[0], args[-1]
     ref = args[1] if len(args) == 3 else "HEAD"
+    fmt = fmt or _format_of(out)
     if fmt not in EXPORT_FORMATS:
         raise lv.InvalidInputError(
             f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}"
@@ -183,11 +192,26 @@ def export_cmd(
         o.out.print(f"exported {dataset} at commit {view.commit.seq} ({detail}) to {out}")
 
 
+def _format_of(out: str) -> str:
+    """The export format OUT implies: COCO for a .json file, else a folder of Parquet files."""
+    suffix = out.rstrip("/").rsplit("/", 1)[-1].rpartition(".")[2].lower() if "." in out else ""
+    if suffix == "json":
+        return "coco"
+    if suffix in ("parquet", "csv", "jsonl", "yaml", "txt", "zip"):
+        raise lv.InvalidInputError(
+            f"cannot tell the format from {out!r}: an export of tables is a folder (one file per "
+            "table); name a folder and pass --format parquet, csv or jsonl, or pass --format coco"
+        )
+    return "parquet"
+
+
 @app.command()
 @_guard
 def show(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    ref: Annotated[str, typer.Argument(help="Snapshot, commit id or seq, or time.")] = "HEAD",
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
+    ref: Annotated[
+        str, typer.Argument(metavar="REF", help="Snapshot, commit id or seq, or time.")
+    ] = "HEAD",
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -196,14 +220,29 @@ def show(
     where: Annotated[
         str | None, typer.Option(help="SQL filter, e.g. \"cls = 'car' AND w > 50\".")
     ] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="Only these columns, comma-separated: label_id,cls,x.")
+    ] = None,
 ) -> None:
     """Print rows of a table at a version."""
-    query = lv.connect(uri).dataset(dataset).at(ref).scan(table)
+    view = lv.connect(uri).dataset(dataset).at(ref)
+    query = view.scan(table)
     if where:
+        _check_classes(where, view.classes)
         try:
             query = query.filter(pl.sql_expr(where))
         except Exception as exc:
             raise lv.InvalidInputError(f"cannot use --where {where!r}: {exc}") from exc
+    if columns:
+        wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in query.collect_schema().names()]
+        if unknown or not wanted:
+            have = ", ".join(query.collect_schema().names())
+            raise lv.InvalidInputError(
+                f"--columns names {', '.join(unknown) or 'nothing'} that {table} lacks; "
+                f"its columns: {have}"
+            )
+        query = query.select(wanted)
     try:
         rows = query.head(limit).collect()
     except pl.exceptions.PolarsError as exc:
@@ -212,6 +251,25 @@ def show(
         o.emit_json(rows.to_dicts())
         return
     o.table(None, rows.columns, ([_cell(v) for v in r] for r in rows.iter_rows()))
+
+
+_CLS_EQUALS = re.compile(r"\bcls\s*(?:==|=|!=|<>)\s*'((?:[^']|'')*)'", re.I)
+_CLS_IN = re.compile(r"\bcls\s+(?:not\s+)?in\s*\(([^)]*)\)", re.I)
+_QUOTED = re.compile(r"'((?:[^']|'')*)'")
+
+
+def _check_classes(where: str, classes: tuple[str, ...]) -> None:
+    """Refuse a filter comparing `cls` with a value outside the class map (a typo, say)."""
+    values = _CLS_EQUALS.findall(where)
+    for listed in _CLS_IN.findall(where):
+        values += _QUOTED.findall(listed)
+    for value in values:
+        name = value.replace("''", "'")
+        if name not in classes:
+            raise lv.InvalidInputError(
+                f"--where compares cls with {name!r}, which is not in the class map, so "
+                f"no row can match; the classes are: {', '.join(classes)}"
+            )
 
 
 def _cell(value: Any) -> Any:
@@ -223,7 +281,7 @@ def _cell(value: Any) -> Any:
 @app.command()
 @_guard
 def uploads(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -252,7 +310,7 @@ def uploads(
 @upload_app.command("show")
 @_guard
 def upload_show(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     upload_id: Annotated[str, typer.Argument(metavar="ID", help="Upload id.")],
     uri: Uri = None,
     json_out: Json = False,
@@ -275,7 +333,8 @@ def upload_show(
         o.emit_json(data)
         return
     _report(ds, up, json_out=False)
-    o.out.print(f"commits: {', '.join(map(str, up.commits)) or 'none'}", markup=False)
+    seqs = ", ".join(map(str, up.commits)) or "none"
+    o.out.print(f"its commits (seq): {seqs}", markup=False)
     if errors and not up.errors.is_empty():
         shown = up.errors.head(limit)
         o.table(f"rejected rows (first {shown.height})", shown.columns, shown.iter_rows())

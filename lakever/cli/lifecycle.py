@@ -25,7 +25,7 @@ def parse_span(text: str) -> timedelta:
 @_guard
 def gc_cmd(
     dataset: Annotated[
-        str | None, typer.Argument(help="Dataset name (default: every dataset).")
+        str | None, typer.Argument(metavar="DATASET", help="Dataset name (default: every dataset).")
     ] = None,
     uri: Uri = None,
     json_out: Json = False,
@@ -138,8 +138,8 @@ def _move(dataset: str, name: str, uri: str | None, json_out: bool, *, back: boo
 @snapshot_app.command("archive")
 @_guard
 def snapshot_archive(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    name: Annotated[str, typer.Argument(help="Snapshot name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Snapshot name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -151,8 +151,8 @@ def snapshot_archive(
 @snapshot_app.command("unarchive")
 @_guard
 def snapshot_unarchive(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    name: Annotated[str, typer.Argument(help="Snapshot name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Snapshot name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -164,7 +164,7 @@ def snapshot_unarchive(
 @app.command()
 @_guard
 def optimize(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,

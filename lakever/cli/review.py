@@ -40,7 +40,7 @@ def _ids(text: str | None) -> list[str]:
 @app.command("eval")
 @_guard
 def eval_cmd(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     set_name: Annotated[str, typer.Argument(metavar="SET", help="Inference set.")],
     uri: Uri = None,
     json_out: Json = False,
@@ -86,7 +86,7 @@ def eval_cmd(
 @app.command("evals")
 @_guard
 def evals_cmd(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -131,8 +131,8 @@ Preds = Annotated[
 @segment_app.command("create")
 @_guard
 def segment_create(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    name: Annotated[str, typer.Argument(help="Segment name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Segment name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -169,7 +169,7 @@ def _say_segment(seg: lv.Segment, json_out: bool, text: str) -> None:
 @segment_app.command("list")
 @_guard
 def segment_list(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -193,8 +193,8 @@ def segment_list(
 @segment_app.command("show")
 @_guard
 def segment_show(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    name: Annotated[str, typer.Argument(help="Segment name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Segment name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -231,8 +231,8 @@ def _membership(verb: str, help_text: str, done: str) -> None:
     """Register `segment add` or `segment remove` (the same options, the other method)."""
 
     def command(
-        dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-        name: Annotated[str, typer.Argument(help="Segment name.")],
+        dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
+        name: Annotated[str, typer.Argument(metavar="NAME", help="Segment name.")],
         uri: Uri = None,
         json_out: Json = False,
         verbose: Verbose = False,
@@ -260,9 +260,9 @@ _membership("remove", "Take elements out of a segment.", "removed {n} element(s)
 @segment_app.command("state")
 @_guard
 def segment_state(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    name: Annotated[str, typer.Argument(help="Segment name.")],
-    state: Annotated[str, typer.Argument(help="open, resolved or archived.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Segment name.")],
+    state: Annotated[str, typer.Argument(metavar="STATE", help="open, resolved or archived.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -276,8 +276,8 @@ def segment_state(
 @segment_app.command("delete")
 @_guard
 def segment_delete(
-    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
-    name: Annotated[str, typer.Argument(help="Segment name.")],
+    dataset: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Segment name.")],
     uri: Uri = None,
     json_out: Json = False,
     verbose: Verbose = False,
