@@ -77,7 +77,7 @@ def test_log_datasets_and_snapshot_commands(uri: str) -> None:
     code, out, _ = run("snapshot", "list", "cams", "--uri", uri)
     assert code == 0 and "first" in out
     code, _, err = run("snapshot", "delete", "cams", "v1", "--uri", uri)
-    assert code == 1 and "--yes" in err
+    assert code == 2 and "--yes" in err  # a usage error
     assert ds.snapshot("v1").name == "v1"
     code, _, _ = run("snapshot", "delete", "cams", "v1", "--uri", uri, "--yes")
     assert code == 0 and ds.list_snapshots() == []
@@ -90,7 +90,7 @@ def test_revert_asks_before_discarding_snapshots(uri: str) -> None:
     ds.add_frames(frames(range(3, 5)))
     ds.create_snapshot("new")
     code, _, err = run("revert", "cams", "old", "--uri", uri, "--discard-newer-snapshots")
-    assert code == 1 and "new" in err and "--yes" in err
+    assert code == 2 and "new" in err and "--yes" in err  # a usage error
     assert ds.head.seq == 2
     code, out, _ = run(
         "revert", "cams", "old", "--uri", uri, "--discard-newer-snapshots", "--yes", "--json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -14,8 +15,16 @@ from rich.table import Table
 from lakever.commits import ChangeCounts, Commit
 from lakever.tags import Snapshot
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def _width(stream: Any) -> int | None:
+    """Terminal width on a terminal; off one (a pipe, a CI log) wide enough for one row a line."""
+    if stream.isatty():
+        return None
+    return int(os.environ.get("COLUMNS") or 0) or 160
+
+
+out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
 
 
 def _plain(value: Any) -> Any:
@@ -54,7 +63,7 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
             widest = max([len(c), *(len(r[i]) for r in cells)])
             t.add_column(c, no_wrap=True, min_width=widest, overflow="ignore")
         else:
-            t.add_column(c, overflow="fold")
+            t.add_column(c, overflow="fold")  # wraps at spaces, then inside long words
     for r in cells:
         t.add_row(*r)
     out.print(t)
