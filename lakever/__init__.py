@@ -15,6 +15,7 @@ from lakever.commits import ChangeCounts, Commit
 from lakever.dataset import Dataset
 from lakever.diff import ClassChanges, Diff, diff
 from lakever.errors import (
+    BranchNotFoundError,
     CommitNotFoundError,
     ConflictError,
     CorruptLakeError,
@@ -26,6 +27,7 @@ from lakever.errors import (
     LakeNotFoundError,
     LakeverError,
     LimitError,
+    MergeConflictError,
     ReadOnlyError,
     RowError,
     RowNotFoundError,
@@ -60,6 +62,7 @@ __all__ = [
     "ChangeCounts",
     "ClassChanges",
     "Commit",
+    "BranchNotFoundError",
     "CommitNotFoundError",
     "ConflictError",
     "CorruptLakeError",
@@ -76,6 +79,7 @@ __all__ = [
     "LakeNotFoundError",
     "LakeverError",
     "LimitError",
+    "MergeConflictError",
     "ReadOnlyError",
     "Ref",
     "RepairReport",

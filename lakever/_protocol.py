@@ -25,10 +25,16 @@ from dataclasses import dataclass
 import polars as pl
 from deltalake import DeltaTable
 
-from lakever import _claims, _compact, _delta, _mor
+from lakever import _claims, _compact, _delta, _mor, branches
 from lakever._staging import OP_COLUMN, Stage, TableChange
-from lakever.commits import ChangeCounts, Commit, CommitLog
-from lakever.errors import ConflictError, StorageError, VersionUnavailableError
+from lakever.commits import MAIN, OPEN, ChangeCounts, Commit, CommitLog
+from lakever.errors import (
+    BranchNotFoundError,
+    ConflictError,
+    InvalidNameError,
+    StorageError,
+    VersionUnavailableError,
+)
 from lakever.schema import empty_schema, key_column, table_kind
 from lakever.storage import Location
 
@@ -48,6 +54,10 @@ EDIT_MODES = (MERGE_ON_READ, COPY_ON_WRITE)
 
 class _Busy(Exception):
     """A live writer holds a claim on a table we need."""
+
+
+class _Moved(Exception):
+    """The branch moved on past the point a fast-forward was decided at."""
 
 
 @dataclass
@@ -78,12 +88,16 @@ class CommitRunner:
         head: Callable[[], Commit],
         confirm: Callable[[Commit], None],
         edits: str = MERGE_ON_READ,
+        branch: str = MAIN,
+        dataset: str = "",
     ) -> None:
         self._log = log_
         self._loc = table_location
-        self._head = head
+        self._head = head  # the newest commit of the log, any branch
         self._confirm = confirm
         self._edits = edits
+        self._branch = branch
+        self._dataset = dataset
 
     def run(
         self,
@@ -93,8 +107,11 @@ class CommitRunner:
         author: str,
         operation: str,
         count_restore: Callable[[Commit, str, int | None], ChangeCounts] | None = None,
+        merged: Commit | None = None,
     ) -> Commit:
-        """Replay `operations` on HEAD and publish them as one commit; retry on conflict.
+        """Replay `operations` on the branch's head and publish them as one commit; retry.
+
+        `merged` makes it a merge commit: its second parent.
 
         Whatever is raised on the way (a storage error, a full disk,
         KeyboardInterrupt), this attempt's own table versions are rolled back
@@ -109,7 +126,8 @@ class CommitRunner:
         last_reason = ""
         while True:
             attempts += 1
-            head = self._head()
+            glob = self._head()
+            head = branches.writable_head(self._log, glob, self._branch, dataset=self._dataset)
             stage = Stage(head, self._loc, self._log.get)
             try:
                 for op in operations:
@@ -119,9 +137,10 @@ class CommitRunner:
                 self._head()  # a dataset deleted under us says so, not "missing file"
                 raise
             new_classes = stage.classes
-            if not changes and new_classes == head.classes and stage.pins == dict(head.pins):
+            unchanged = new_classes == head.classes and stage.pins == dict(head.pins)
+            if not changes and unchanged and merged is None:
                 return head
-            with _claims.Attempt(head.seq + 1) as attempt:
+            with _claims.Attempt(glob.seq + 1) as attempt:
                 started: list[_Started] = []
                 published = False
                 try:
@@ -130,8 +149,10 @@ class CommitRunner:
                         if change.drop:
                             versions.pop(change.table, None)
                             continue
-                        versions[change.table] = self._write(change, head, attempt, started)
-                    commit = head.child(
+                        versions[change.table] = self._write(change, head, glob, attempt, started)
+                    commit = glob.successor(
+                        head,
+                        branch=self._branch,
                         author=author,
                         message=message,
                         operation=operation,
@@ -140,12 +161,13 @@ class CommitRunner:
                         classes=new_classes,
                         pins=stage.pins,
                         meta=stage.meta,
+                        merged=merged,
                     )
                     published = self._log.publish(commit)
                     if published:
                         self._confirm(commit)
                         return commit
-                    last_reason = f"commit seq {head.seq + 1} was published by another writer"
+                    last_reason = f"commit seq {glob.seq + 1} was published by another writer"
                 except _Busy as exc:
                     last_reason = str(exc)
                 except _delta.WriteConflict as exc:
@@ -164,6 +186,112 @@ class CommitRunner:
                 )
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 1.6, 0.5)
+
+    def publish_record(
+        self, make: Callable[[Commit], Commit | None], *, what: str
+    ) -> Commit | None:
+        """Publish a commit that writes no table (a branch made, moved or closed); retry.
+
+        `make` builds it on the newest commit (or returns None: nothing to do).
+        """
+        delay = 0.01
+        deadline = time.monotonic() + _claims.env_seconds(COMMIT_TIMEOUT_ENV, 300.0)
+        while True:
+            glob = self._head()
+            commit = make(glob)
+            if commit is None:
+                return None
+            if self._log.publish(commit):
+                self._confirm(commit)
+                return commit
+            if time.monotonic() > deadline:
+                raise ConflictError(f"could not {what}: other writers kept committing; retry")
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 1.6, 0.5)
+
+    def create_branch(self, name: str, start: Commit, *, author: str) -> Commit:
+        """Publish the commit that starts branch `name` at `start` (no data is written)."""
+
+        def make(glob: Commit) -> Commit:
+            if name in glob.branch_table():
+                raise InvalidNameError(
+                    f"dataset {self._dataset!r} already has a branch named {name!r}"
+                )
+            return glob.successor(
+                start,
+                branch=name,
+                author=author,
+                message=f"create branch {name} at commit {start.seq}",
+                operation=branches.BRANCH_OPERATION,
+                branch_entry={"base": start.seq, "created": glob.seq + 1, "state": OPEN},
+            )
+
+        commit = self.publish_record(make, what=f"create branch {name!r}")
+        assert commit is not None
+        return commit
+
+    def delete_branch(self, name: str, *, author: str) -> None:
+        """Publish a commit on 'main' that removes branch `name` from the branch table."""
+
+        def make(glob: Commit) -> Commit | None:
+            if name not in glob.branch_table():
+                return None  # deleted meanwhile: done
+            main = branches.head_of(self._log, glob, MAIN, dataset=self._dataset)
+            return glob.successor(
+                main,
+                branch=MAIN,
+                author=author,
+                message=f"delete branch {name}",
+                operation=branches.DELETE_BRANCH_OPERATION,
+                drop_branch=name,
+            )
+
+        self.publish_record(make, what=f"delete branch {name!r}")
+
+    def set_branch_state(self, name: str, state: str, *, author: str) -> None:
+        """Publish a commit on branch `name` (same content) that sets its state."""
+
+        def make(glob: Commit) -> Commit | None:
+            entry = glob.branch_table().get(name)
+            if entry is None:
+                raise BranchNotFoundError(f"dataset {self._dataset!r} has no branch {name!r}")
+            if entry.get("state") == state:
+                return None
+            head = branches.head_of(self._log, glob, name, dataset=self._dataset)
+            return glob.successor(
+                head,
+                branch=name,
+                author=author,
+                message=f"{state} branch {name}",
+                operation=branches.PUBLISH_OPERATION,
+                branch_entry={"state": state},
+            )
+
+        self.publish_record(make, what=f"mark branch {name!r} {state}")
+
+    def fast_forward(self, theirs: Commit, *, author: str, message: str) -> Commit:
+        """Move this branch's head to `theirs`'s content as a merge commit writing no table."""
+
+        def make(glob: Commit) -> Commit:
+            ours = branches.writable_head(self._log, glob, self._branch, dataset=self._dataset)
+            if not branches.is_ancestor(self._log, ours, theirs):
+                raise _Moved
+            return glob.successor(
+                ours,
+                branch=self._branch,
+                author=author,
+                message=message,
+                operation="merge",
+                table_versions=theirs.table_versions,
+                classes=theirs.classes,
+                pins=theirs.pins,
+                merged=theirs,
+                meta={"merge": {"source": theirs.id, "fast_forward": True}},
+            )
+
+        commit = self.publish_record(make, what=f"fast-forward branch {self._branch!r}")
+        assert commit is not None
+        return commit
 
     def publish_tombstone(self, *, author: str) -> Commit | None:
         """Publish a commit that marks the dataset deleted (idempotent).
@@ -192,7 +320,13 @@ class CommitRunner:
     # -- one table ----------------------------------------------------------------
 
     def _prepare(
-        self, table: str, head: Commit, claim: Mapping[str, str], *, replacing: bool
+        self,
+        table: str,
+        head: Commit,
+        glob: Commit,
+        claim: Mapping[str, str],
+        *,
+        replacing: bool,
     ) -> tuple[DeltaTable, int]:
         """Load `table` where this commit may write on it; return it and the undo version.
 
@@ -202,7 +336,10 @@ class CommitRunner:
         table empty at version 0 before it writes rows. Versions past the base
         are either row-preserving maintenance from outside (OPTIMIZE, VACUUM:
         built upon), a live writer's claim (raise `_Busy`), or orphans, which
-        are neutralised with a restore to the base.
+        are neutralised with a restore to the base. On a branch, the latest
+        version may also be another branch's published commit: the same exact
+        restore puts the branch's content back before writing (the switch).
+        `glob` is the newest commit of the log: claims are judged against it.
         """
         loc = self._loc(table)
         recorded = head.table_versions.get(table)
@@ -229,16 +366,16 @@ class CommitRunner:
             # maintenance ran since. Writing on top is safe even if a neutraliser
             # is alive: exact-version writes let at most one of us take the next.
             return dt, latest
-        if _claims.is_live(relevant, head.seq):
+        if _claims.is_live(relevant, glob.seq):
             raise _Busy(
                 f"table {table!r} version {latest} is being written by "
                 f"{relevant.get(_claims.META_WRITER, '?')} for commit "
                 f"{relevant.get(_claims.META_SEQ)}"
             )
-        if relevant.get(_claims.META_SEQ) == str(head.seq + 1) and self._log.exists(head.seq + 1):
+        if relevant.get(_claims.META_SEQ) == str(glob.seq + 1) and self._log.exists(glob.seq + 1):
             # Its writer's attempt is over because it published: our HEAD is
             # stale, and that version is part of the new HEAD, not an orphan.
-            raise _Busy(f"commit {head.seq + 1} was published meanwhile")
+            raise _Busy(f"commit {glob.seq + 1} was published meanwhile")
         if replacing:
             return dt, latest
         if _claims.META_SEQ not in relevant:
@@ -263,6 +400,7 @@ class CommitRunner:
         self,
         change: TableChange,
         head: Commit,
+        glob: Commit,
         attempt: _claims.Attempt,
         started: list[_Started],
     ) -> int:
@@ -280,7 +418,9 @@ class CommitRunner:
             except _delta.WriteConflict:
                 if entry.written is None:
                     started.remove(entry)
-        dt, base = self._prepare(change.table, head, claim, replacing=change.replace is not None)
+        dt, base = self._prepare(
+            change.table, head, glob, claim, replacing=change.replace is not None
+        )
         entry = _Started(change.table, loc, base)
         started.append(entry)
         return self._apply(dt, change, claim, entry)

@@ -245,9 +245,15 @@ class Lake:
         ds._initialize()
         return ds
 
-    def dataset(self, name: str) -> Dataset:
-        """Open a dataset; DatasetNotFoundError if there is none of that name."""
-        return self._open(self._dataset_root(name), self._info(name))
+    def dataset(self, name: str, *, branch: str | None = None) -> Dataset:
+        """Open a dataset, on its 'main' branch or on `branch`.
+
+        Raises:
+            DatasetNotFoundError: there is no dataset of that name.
+            BranchNotFoundError: it has no such branch.
+        """
+        ds = self._open(self._dataset_root(name), self._info(name))
+        return ds if branch is None or branch == "main" else ds.on_branch(branch)
 
     def import_coco(
         self,

@@ -30,6 +30,11 @@ from lakever.errors import (
 from lakever.storage import Location
 
 FORMAT_VERSION = 1
+#: The default branch: every dataset has it, and it cannot be deleted.
+MAIN = "main"
+#: A branch that takes writes (a draft), and one a snapshot closed.
+OPEN = "open"
+PUBLISHED = "published"
 _SEQ_WIDTH = 12
 
 
@@ -73,6 +78,14 @@ class Commit:
             records its id and progress here, atomically with the rows).
         pruned_by: the seq of the garbage collection commit that made this
             commit unreadable (filled in by `Dataset.log`; not stored).
+        branch: the branch the commit was made on ('main' unless a branch).
+        parents: ids of its parents: the previous head of its branch first,
+            then the merged commit of a merge.
+        parent_seqs: the seqs of `parents`, in the same order.
+        heads: every branch of the dataset as this commit leaves them: name ->
+            {'head': seq, 'base': seq, 'created': seq, 'state': 'open' or
+            'published'}. Empty on records made before branches existed: then
+            the only branch is 'main' and its head is this commit.
     """
 
     id: str
@@ -89,6 +102,10 @@ class Commit:
     dataset_id: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
     pruned_by: int | None = field(default=None, compare=False)
+    branch: str = MAIN
+    parents: tuple[str, ...] = ()
+    parent_seqs: tuple[int, ...] = ()
+    heads: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
 
     def child(
         self,
@@ -102,22 +119,85 @@ class Commit:
         pins: Mapping[str, int] | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> Commit:
-        """The next commit on top of this one; unnamed fields carry over (`meta` does not)."""
+        """The next commit on top of this one, on its branch; unnamed fields carry over."""
+        return self.successor(
+            self,
+            branch=self.branch,
+            author=author,
+            message=message,
+            operation=operation,
+            table_versions=table_versions,
+            counts=counts,
+            classes=classes,
+            pins=pins,
+            meta=meta,
+        )
+
+    def successor(
+        self,
+        base: Commit,
+        *,
+        branch: str,
+        author: str,
+        message: str,
+        operation: str,
+        table_versions: Mapping[str, int] | None = None,
+        counts: Mapping[str, ChangeCounts] | None = None,
+        classes: tuple[str, ...] | None = None,
+        pins: Mapping[str, int] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        merged: Commit | None = None,
+        branch_entry: Mapping[str, Any] | None = None,
+        drop_branch: str | None = None,
+    ) -> Commit:
+        """The commit after this one in the log (this is the newest), made on `branch`.
+
+        `base` is the commit it builds on (the branch's head): its parent, whose
+        versions, classes and pins carry over unless given. `merged` is the
+        second parent of a merge. The branch table carries over with `branch`
+        pointing at the new commit (`branch_entry` replaces its other fields;
+        `drop_branch` removes a branch).
+        """
+        seq = self.seq + 1
+        heads = {name: dict(entry) for name, entry in self.branch_table().items()}
+        if drop_branch is not None:
+            heads.pop(drop_branch, None)
+        entry = dict(heads.get(branch, {"base": base.seq, "created": seq, "state": OPEN}))
+        entry.update(branch_entry or {})
+        entry["head"] = seq
+        heads[branch] = entry
+        parents = [base] if merged is None else [base, merged]
         return Commit(
             id=uuid.uuid4().hex,
-            seq=self.seq + 1,
-            parent=self.id,
+            seq=seq,
+            parent=base.id,
             created_at=max(now_utc(), self.created_at),
             author=author,
             message=message,
             operation=operation,
-            table_versions=dict(self.table_versions if table_versions is None else table_versions),
+            table_versions=dict(base.table_versions if table_versions is None else table_versions),
             counts=dict(counts or {}),
-            classes=self.classes if classes is None else classes,
-            pins=dict(self.pins if pins is None else pins),
+            classes=base.classes if classes is None else classes,
+            pins=dict(base.pins if pins is None else pins),
             dataset_id=self.dataset_id,
             meta=dict(meta or {}),
+            branch=branch,
+            parents=tuple(p.id for p in parents),
+            parent_seqs=tuple(p.seq for p in parents),
+            heads=heads,
         )
+
+    def branch_table(self) -> dict[str, Mapping[str, Any]]:
+        """Every branch as this commit leaves them (see `heads`)."""
+        if self.heads:
+            return dict(self.heads)
+        return {MAIN: {"head": self.seq, "base": 0, "created": 0, "state": OPEN}}
+
+    def parent_list(self) -> list[int]:
+        """The seqs of this commit's parents (first parent first)."""
+        if self.parent_seqs:
+            return list(self.parent_seqs)
+        return [self.seq - 1] if self.parent is not None else []
 
     @property
     def tables(self) -> list[str]:
@@ -131,7 +211,7 @@ class Commit:
             "id": self.id,
             "seq": self.seq,
             "parent": self.parent,
-            "parents": [self.parent] if self.parent else [],
+            "parents": list(self.parents) or ([self.parent] if self.parent else []),
             "created_at": self.created_at.isoformat(),
             "author": self.author,
             "message": self.message,
@@ -144,6 +224,10 @@ class Commit:
         }
         if self.meta:
             data["meta"] = dict(self.meta)
+        if self.heads:
+            data["branch"] = self.branch
+            data["parent_seqs"] = list(self.parent_seqs)
+            data["heads"] = {k: dict(v) for k, v in self.heads.items()}
         return data
 
     @classmethod
@@ -163,6 +247,10 @@ class Commit:
             pins={k: int(v) for k, v in data.get("pins", {}).items()},
             dataset_id=data.get("dataset_id"),
             meta=dict(data.get("meta") or {}),
+            branch=data.get("branch", MAIN),
+            parents=tuple(data.get("parents") or ()),
+            parent_seqs=tuple(int(s) for s in data.get("parent_seqs") or ()),
+            heads={k: dict(v) for k, v in (data.get("heads") or {}).items()},
         )
 
 

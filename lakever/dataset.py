@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lakever import _changes, _delta
+from lakever import _changes, _delta, branches
 from lakever._claims import META_SEQ
 from lakever._protocol import DELETE_OPERATION, CommitRunner, Operation
 from lakever._pruned import PrunedIndex
@@ -30,7 +30,8 @@ from lakever.archive import (
     ArchiveSettings,
     SnapshotStates,
 )
-from lakever.commits import ChangeCounts, Commit, CommitLog
+from lakever.branches import Branching
+from lakever.commits import MAIN, ChangeCounts, Commit, CommitLog
 from lakever.dataio import DataIO
 from lakever.diff import Diff
 from lakever.errors import (
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     from lakever.catalog import Lake
 
 
-class Dataset(DataIO, Review, Lifecycle, Snapshots, TableReader):
+class Dataset(DataIO, Review, Lifecycle, Snapshots, Branching, TableReader):
     """A versioned dataset of frames, labels and inference sets.
 
     Reads go to HEAD; each write method is one atomic commit. Use `at` for any
@@ -69,8 +70,10 @@ class Dataset(DataIO, Review, Lifecycle, Snapshots, TableReader):
         *,
         lake: Lake | None = None,
         archive: ArchiveSettings | None = None,
+        branch: str = MAIN,
     ) -> None:
         self._dataset = self
+        self.branch_name = branch
         self._lake = lake
         self._archive = archive or ArchiveSettings()
         self.root = dataclasses.replace(root, scope=info.identity)
@@ -80,7 +83,13 @@ class Dataset(DataIO, Review, Lifecycle, Snapshots, TableReader):
         self._states = SnapshotStates(self.root)
         self._tags = TagTable(self.root.child("snapshots"))
         self._runner = CommitRunner(
-            self._log, self.table_location, lambda: self.head, self._confirm, edits=info.edits
+            self._log,
+            self.table_location,
+            self._global_head,
+            self._confirm,
+            edits=info.edits,
+            branch=branch,
+            dataset=info.name,
         )
         self._counts_memo: dict[tuple[str, str], dict[str, ChangeCounts]] = {}
 
@@ -89,7 +98,14 @@ class Dataset(DataIO, Review, Lifecycle, Snapshots, TableReader):
         return self.root.uri == other.root.uri and self.info.identity == other.info.identity
 
     def __repr__(self) -> str:
-        return f"Dataset({self.name!r}, uri={self.root.uri!r})"
+        on = "" if self.branch_name == MAIN else f", branch={self.branch_name!r}"
+        return f"Dataset({self.name!r}, uri={self.root.uri!r}{on})"
+
+    def on_branch(self, name: str) -> Dataset:
+        """A handle on branch `name` of this dataset (BranchNotFoundError if there is none)."""
+        handle = Dataset(self.root, self.info, lake=self._lake, archive=self._archive, branch=name)
+        handle.head  # noqa: B018 - refuses an unknown branch now, not at the first read
+        return handle
 
     # -- identity -------------------------------------------------------------------
 
@@ -167,12 +183,18 @@ class Dataset(DataIO, Review, Lifecycle, Snapshots, TableReader):
 
     @property
     def head(self) -> Commit:
-        """The latest commit.
+        """The latest commit of this handle's branch.
 
         Raises:
             DatasetNotFoundError: the dataset was deleted (or deleted and created
                 again) since this handle was opened, or its creation never finished.
+            BranchNotFoundError: the handle's branch was deleted.
         """
+        glob = self._global_head()
+        return branches.head_of(self._log, glob, self.branch_name, dataset=self.name)
+
+    def _global_head(self) -> Commit:
+        """The newest commit of the log, on any branch."""
         head = self._log.head()
         if head is None:
             raise self._missing()
@@ -231,7 +253,11 @@ class Dataset(DataIO, Review, Lifecycle, Snapshots, TableReader):
         head = self.head  # refuses a deleted dataset
         if limit == 0:
             return []
-        commits = self._log.list(head, limit=limit)
+        commits: list[Commit] = []
+        for commit in branches.ancestry(self._log, head):
+            if limit is not None and len(commits) >= limit:
+                break
+            commits.append(commit)
         records = self._pruned.records()
         if not records:
             return commits

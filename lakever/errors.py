@@ -121,6 +121,10 @@ class UploadNotFoundError(LakeverError, LookupError):
     """No upload with that id was recorded in the dataset."""
 
 
+class BranchNotFoundError(LakeverError, LookupError):
+    """No branch of that name exists in the dataset."""
+
+
 class SourceNotFoundError(LakeverError, LookupError):
     """A file or folder named as input (a COCO file, a glob of uploads) does not exist."""
 
@@ -190,3 +194,16 @@ class ValidationError(LakeverError, ValueError):
     def rules(self) -> set[str]:
         """Names of the rules that were broken."""
         return {e.rule for e in self.errors}
+
+
+class MergeConflictError(ConflictError):
+    """A merge found conflicts and was told to fail on them; nothing was committed.
+
+    Attributes:
+        conflicts: one row per conflict (table, key, column, kind, base, ours,
+            theirs), as `MergeResult.conflicts`.
+    """
+
+    def __init__(self, message: str, conflicts: Any) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts

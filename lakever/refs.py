@@ -7,9 +7,10 @@ A ref is one of:
 - a commit seq: any integer, numpy's and pandas' included;
 - a `datetime`: the newest commit at or before it. A naive datetime is local
   time, as everywhere in Python; give a timezone to be exact;
-- a string, tried in this order: ``HEAD`` (any case), a snapshot name, a
-  commit seq in ASCII digits, a commit id or a unique prefix of one (4+ hex
-  characters), an ISO-8601 time (naive = local time).
+- a string, tried in this order: ``HEAD`` (any case: the handle's branch
+  head), a snapshot name, a branch name (its head), a commit seq in ASCII
+  digits, a commit id or a unique prefix of one (4+ hex characters), an
+  ISO-8601 time (naive = local time).
 
 ``head`` in any case is reserved and cannot name a snapshot, so ``HEAD``
 always means the latest commit.
@@ -88,7 +89,7 @@ def _resolve(ds: Dataset, ref: Ref, head: Commit) -> Commit:
             raise InvalidRefError(f"commit seq {seq} is negative; seqs start at 0")
         return ds._log.get(seq)
     if isinstance(ref, datetime):
-        return ds._log.at_time(ref)
+        return _at_time(ds, ref, head)
     if not isinstance(ref, str):
         raise InvalidRefError(
             f"cannot use a {type(ref).__name__} as a ref ({ref!r}): give a snapshot name, "
@@ -101,6 +102,11 @@ def _resolve_text(ds: Dataset, ref: str, head: Commit) -> Commit:
     text = ref.strip()  # not a snapshot name: `resolve` looked for one first
     if text.upper() == "HEAD":
         return head
+    glob = ds._global_head()
+    if text in glob.branch_table():
+        from lakever.branches import head_of
+
+        return head_of(ds._log, glob, text, dataset=ds.name)
     if text.isascii() and text.isdigit():
         try:
             return ds._log.get(int(text))
@@ -118,12 +124,25 @@ def _resolve_text(ds: Dataset, ref: str, head: Commit) -> Commit:
         except ValueError:
             pass
         else:
-            return ds._log.at_time(when)
+            return _at_time(ds, when, head)
     raise InvalidRefError(
         f"{ref!r} is not a snapshot, commit id, commit seq or ISO time of dataset "
         f"{ds.name!r}; `lakever snapshot list {ds.name}` and `lakever log {ds.name}` "
         "show what exists"
     )
+
+
+def _at_time(ds: Dataset, when: datetime, head: Commit) -> Commit:
+    """The newest commit of the handle's branch (its ancestry) at or before `when`."""
+    found = ds._log.at_time(when)
+    if len(ds._global_head().branch_table()) == 1:
+        return found  # one line of history: the log's order is the branch's
+    from lakever.branches import ancestry
+
+    for commit in ancestry(ds._log, head):
+        if commit.seq <= found.seq:
+            return commit
+    return found
 
 
 def _own_commit(ds: Dataset, commit: Commit) -> Commit:

@@ -17,7 +17,7 @@ from lakever._pruned import pruned_error
 from lakever.archive import archived_sources, decorate, forget_archive, make_room
 from lakever.commits import now_utc
 from lakever.diff import Diff
-from lakever.errors import SnapshotNotFoundError
+from lakever.errors import InvalidNameError, SnapshotNotFoundError
 from lakever.info import default_author
 from lakever.names import check_snapshot_name
 from lakever.refs import Ref
@@ -115,6 +115,11 @@ class Snapshots:
         if name is None:  # a typeable ref: no spaces, no colons
             name = f"snap-{commit.seq}-{created.strftime('%Y%m%dT%H%M%S%fZ')}"
         check_snapshot_name(name)
+        if name in ds._global_head().branch_table():
+            raise InvalidNameError(
+                f"{name!r} names a branch of dataset {ds.name!r}; branch and snapshot names "
+                "share one namespace: pick another name"
+            )
         make_room(ds)  # archives the least recently loaded snapshot if a limit says so
         snap = ds._tags.create(
             name,

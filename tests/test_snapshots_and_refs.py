@@ -41,9 +41,11 @@ def test_snapshot_records_every_table_version(ds: lv.Dataset) -> None:
 
 def test_default_snapshot_name_is_timestamped(ds: lv.Dataset) -> None:
     snap = ds.create_snapshot()
-    assert snap.name.startswith("snapshot 20")
-    stamp = datetime.fromisoformat(snap.name.removeprefix("snapshot ").replace("Z", "+00:00"))
-    assert abs(stamp - snap.created_at) < timedelta(seconds=1)
+    prefix = f"snap-{ds.head.seq}-"
+    assert snap.name.startswith(prefix) and " " not in snap.name and ":" not in snap.name
+    stamp = datetime.strptime(snap.name.removeprefix(prefix), "%Y%m%dT%H%M%S%fZ")
+    assert abs(stamp.replace(tzinfo=timezone.utc) - snap.created_at) < timedelta(seconds=1)
+    assert ds.at(snap.name).commit.seq == ds.head.seq  # typed back as a ref
 
 
 def test_snapshot_of_past_ref_and_delete(ds: lv.Dataset) -> None:

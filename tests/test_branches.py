@@ -1,0 +1,195 @@
+"""Branches inside one set of Delta tables: isolation, diffs, three-way merges, drafts."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+import lakever as lv
+from tests.helpers import CLASSES, frames, labels, table_hash
+
+FIDS = [f"f{i:05d}" for i in range(20)]
+
+
+@pytest.fixture
+def ds(lake: lv.Lake) -> lv.Dataset:
+    ds = lake.create_dataset("street", classes=CLASSES)
+    ds.add_frames(frames(FIDS))
+    ds.upsert_labels(labels(FIDS, per_frame=2))
+    ds.create_snapshot("v1")
+    return ds
+
+
+def _labels(view: lv.Dataset | lv.View) -> dict[str, tuple]:
+    rows = view.read("labels").select("label_id", "cls", "x", "w")
+    return {r[0]: r[1:] for r in rows.iter_rows()}
+
+
+def test_a_branch_copies_nothing_and_is_isolated(ds: lv.Dataset, lake: lv.Lake) -> None:
+    before = {t: table_hash(ds.read(t)) for t in ("frames", "labels")}
+    versions = dict(ds.head.table_versions)
+    qa = ds.create_branch("qa", at="v1")
+    assert qa.branch_name == "qa" and qa.head.table_versions == versions
+    assert lake.dataset("street", branch="qa").head.id == qa.head.id
+    qa.upsert_labels(labels(FIDS[:3], per_frame=1, cls="person"))
+    qa.delete_labels([f"{FIDS[5]}-l1"])
+    # main is untouched: head, reads, log
+    assert {t: table_hash(ds.read(t)) for t in ("frames", "labels")} == before
+    assert ds.head.table_versions == versions
+    assert [c.operation for c in ds.log()][:1] != ["write"] or ds.log()[0].branch == "main"
+    assert all(c.branch == "main" for c in ds.log())
+    got = _labels(qa)
+    assert got[f"{FIDS[0]}-l0"][0] == "person" and f"{FIDS[5]}-l1" not in got
+    assert _labels(ds)[f"{FIDS[0]}-l0"][0] == "car"
+    # main moves on; the branch does not see it
+    ds.upsert_labels(labels(FIDS[10:12], per_frame=1, cls="truck"))
+    assert _labels(qa)[f"{FIDS[10]}-l0"][0] == "car"
+    assert _labels(ds)[f"{FIDS[10]}-l0"][0] == "truck"
+    # a branch name is a ref, from any handle
+    assert ds.at("qa").commit.id == qa.head.id
+    assert [b.name for b in ds.branches()] == ["main", "qa"]
+    log = qa.log()
+    assert log[0].branch == "qa" and {c.seq for c in log} >= {0, 1, 2}
+    assert ds.head.seq not in {c.seq for c in log}
+
+
+def test_diffs_between_branches_equal_the_full_comparison(ds: lv.Dataset) -> None:
+    qa = ds.create_branch("qa")
+    qa.upsert_labels(labels(FIDS[:4], per_frame=1, cls="person"))
+    ds.upsert_labels(labels(FIDS[4:6], per_frame=1, cls="truck"))
+    qa.delete_labels([f"{FIDS[7]}-l1"])
+    ds.upsert_labels(labels(FIDS[8:9], per_frame=3, cls="bike"))
+    d = ds.diff("main", "qa").rows("labels")
+    a, b = _labels(ds), _labels(qa)
+    want_added = sorted(set(b) - set(a))
+    want_deleted = sorted(set(a) - set(b))
+    want_modified = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+    got = {
+        c: sorted(d.filter(pl.col("change") == c)["label_id"])
+        for c in ("added", "deleted", "modified")
+    }
+    assert got == {"added": want_added, "deleted": want_deleted, "modified": want_modified}
+
+
+def test_merge_fast_forward(ds: lv.Dataset) -> None:
+    qa = ds.create_branch("qa")
+    qa.upsert_labels(labels(FIDS[:2], per_frame=1, cls="person"))
+    result = ds.merge("qa")
+    assert result.fast_forward and result.commit is not None
+    assert result.commit.parents == (result.commit.parents[0], qa.head.id)
+    assert _labels(ds) == _labels(qa)
+    assert result.counts["labels"].modified == 2
+    assert ds.merge("qa").commit is None  # already merged
+
+
+def test_merge_without_conflicts_takes_both_sides(ds: lv.Dataset) -> None:
+    qa = ds.create_branch("qa")
+    qa.upsert_labels(labels(FIDS[:2], per_frame=1, cls="person"))
+    qa.delete_labels([f"{FIDS[3]}-l1"])
+    ds.upsert_labels(labels(FIDS[10:12], per_frame=1, cls="truck"))
+    preview = ds.merge("qa", dry_run=True)
+    assert preview.commit is None and preview.conflicts.is_empty()
+    head = ds.head.seq
+    assert ds.head.seq == head
+    result = ds.merge("qa")
+    assert not result.fast_forward and result.conflicts.is_empty()
+    assert len(result.commit.parents) == 2
+    got = _labels(ds)
+    assert got[f"{FIDS[0]}-l0"][0] == "person" and got[f"{FIDS[10]}-l0"][0] == "truck"
+    assert f"{FIDS[3]}-l1" not in got
+    assert result.counts["labels"] == preview.counts["labels"]
+    assert ds.merge_base("qa").id == qa.head.id
+
+
+def test_cell_merge_and_conflicts(ds: lv.Dataset) -> None:
+    qa = ds.create_branch("qa")
+    base = ds.read("labels").filter(pl.col("label_id").is_in([f"{FIDS[0]}-l0", f"{FIDS[1]}-l0"]))
+    qa.upsert_labels(base.with_columns(cls=pl.lit("person")))  # theirs: class
+    ds.upsert_labels(base.head(1).with_columns(w=pl.lit(99.0)))  # ours: width of one
+    ds.upsert_labels(base.tail(1).with_columns(cls=pl.lit("bike")))  # ours: class of other
+    with pytest.raises(lv.MergeConflictError) as err:
+        ds.merge("qa")
+    conflicts = err.value.conflicts
+    assert conflicts.select("table", "key", "column", "kind").rows() == [
+        ("labels", f"{FIDS[1]}-l0", "cls", "cell")
+    ]
+    assert conflicts.row(0, named=True)["theirs"] == '"person"'
+    assert conflicts.row(0, named=True)["ours"] == '"bike"'
+    row_mode = ds.merge("qa", granularity="row", dry_run=True)
+    assert sorted(row_mode.conflicts["key"]) == [f"{FIDS[0]}-l0", f"{FIDS[1]}-l0"]
+    result = ds.merge("qa", on_conflict="theirs")
+    got = _labels(ds)
+    assert got[f"{FIDS[0]}-l0"] == ("person", 10.0, 99.0)  # both sides' cells
+    assert got[f"{FIDS[1]}-l0"][0] == "person"  # the conflict went to theirs
+    assert result.commit.meta["merge"]["resolved"] == ["theirs"]
+    assert result.conflicts.height == 1
+
+
+def test_delete_modify_and_integrity_conflicts(ds: lv.Dataset) -> None:
+    qa = ds.create_branch("qa")
+    qa.delete_labels([f"{FIDS[0]}-l0"])
+    ds.upsert_labels(labels(FIDS[:1], per_frame=1, cls="bike"))
+    qa.delete_labels([f"{FIDS[2]}-l0", f"{FIDS[2]}-l1"])
+    qa.delete_frames([FIDS[2]])
+    ds.upsert_labels(labels(FIDS[2:3], per_frame=1, start=5))  # ours: a label on that frame
+    preview = ds.merge("qa", dry_run=True, on_conflict="ours")
+    kinds = sorted(zip(preview.conflicts["key"], preview.conflicts["kind"], strict=True))
+    assert kinds == [(f"{FIDS[0]}-l0", "delete_modify"), (f"{FIDS[2]}-l5", "missing_frame")]
+    with pytest.raises(lv.MergeConflictError, match="missing_frame"):
+        ds.merge("qa", on_conflict="ours")
+    assert ds.head.operation == "write"
+
+
+def test_drafts_publish_and_names(ds: lv.Dataset) -> None:
+    with pytest.raises(lv.InvalidNameError, match="namespace"):
+        ds.create_branch("v1")
+    draft = ds.create_branch("v2-draft")
+    with pytest.raises(lv.InvalidNameError, match="namespace"):
+        ds.create_snapshot("v2-draft")
+    with pytest.raises(lv.InvalidNameError, match="already has a branch"):
+        ds.create_branch("v2-draft")
+    draft.upsert_labels(labels(FIDS[:1], per_frame=1, cls="person"))
+    snap = draft.publish("v2", description="QA done")
+    assert snap.commit_id == draft.head.id
+    assert {b.name: b.state for b in ds.branches()}["v2-draft"] == "published"
+    with pytest.raises(lv.ReadOnlyError, match="published"):
+        draft.upsert_labels(labels(FIDS[:1], per_frame=1, cls="bike"))
+    child = ds.create_branch("v3-draft", at="v2")
+    assert _labels(child)[f"{FIDS[0]}-l0"][0] == "person"
+    with pytest.raises(lv.InvalidNameError, match="main"):
+        ds.delete_branch("main")
+    with pytest.raises(lv.BranchNotFoundError, match="nope"):
+        ds.delete_branch("nope")
+    with pytest.raises(lv.BranchNotFoundError):
+        ds.on_branch("nope")
+    ds.delete_branch("v3-draft")
+    assert [b.name for b in ds.branches()] == ["main", "v2-draft"]
+    with pytest.raises(lv.BranchNotFoundError):
+        child.upsert_labels(labels(FIDS[:1], per_frame=1))
+    assert ds.at("v2").read("labels").height == 40
+
+
+def test_create_branch_from_several_versions(ds: lv.Dataset) -> None:
+    a = ds.create_branch("a")
+    a.upsert_labels(labels(FIDS[:1], per_frame=1, cls="person"))
+    b = ds.create_branch("b")
+    b.upsert_labels(labels(FIDS[5:6], per_frame=1, cls="bike"))
+    both = ds.create_branch("both", at=["a", "b"])
+    got = _labels(both)
+    assert got[f"{FIDS[0]}-l0"][0] == "person" and got[f"{FIDS[5]}-l0"][0] == "bike"
+
+
+def test_history_on_a_branch_follows_its_line(ds: lv.Dataset) -> None:
+    qa = ds.create_branch("qa")
+    key = f"{FIDS[0]}-l0"
+    qa.upsert_labels(labels(FIDS[:1], per_frame=1, cls="person"))
+    ds.upsert_labels(labels(FIDS[:1], per_frame=1, cls="bike"))
+    h_main = ds.history(label_id=key)
+    h_qa = qa.history(label_id=key)
+    assert (
+        h_main["after"].str.contains("bike").any()
+        and not h_main["after"].str.contains("person").any()
+    )
+    assert (
+        h_qa["after"].str.contains("person").any() and not h_qa["after"].str.contains("bike").any()
+    )
