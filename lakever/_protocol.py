@@ -128,7 +128,7 @@ class CommitRunner:
             attempts += 1
             glob = self._head()
             head = branches.writable_head(self._log, glob, self._branch, dataset=self._dataset)
-            stage = Stage(head, self._loc, self._log.get)
+            stage = Stage(head, self._loc, self._log.get, next_seq=glob.seq + 1)
             try:
                 for op in operations:
                     op(stage)

@@ -60,8 +60,12 @@ class Stage:
         head: Commit,
         table_location: Callable[[str], Location],
         commit_at: Callable[[int], Commit] | None = None,
+        *,
+        next_seq: int | None = None,
     ) -> None:
         self.head = head
+        #: the seq the commit will take (past the newest of any branch)
+        self.next_seq = head.seq + 1 if next_seq is None else next_seq
         self._commit_at = commit_at
         self.classes: tuple[str, ...] = head.classes
         self.pins: dict[str, int] = dict(head.pins)
@@ -325,7 +329,7 @@ class Stage:
         where = "in the frames table"
         if pinned is not None:
             where = f"now or at commit {pinned}, the version this inference set is pinned to"
-            if pinned <= self.head.seq and self._commit_at is not None:
+            if pinned < self.next_seq and self._commit_at is not None:
                 commit = self._commit_at(pinned)
                 loc = self._loc("frames")
                 version = commit.table_versions["frames"]

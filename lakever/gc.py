@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lakever import _delta, _gcfiles, _records, archive
+from lakever import _delta, _gcfiles, _records, archive, branches
 from lakever._pruned import GC_OPERATION, GCRecord, ranges, record_name
-from lakever.commits import Commit, now_utc
+from lakever.commits import MAIN, OPEN, Commit, now_utc
 from lakever.errors import ConflictError, InvalidInputError
 from lakever.info import default_author
 from lakever.schema import INFERENCES_PREFIX
@@ -56,7 +56,7 @@ DEFAULT_KEEP_WITHIN = timedelta(days=7)
 ROOT_SCHEMA: dict[str, pl.DataType] = {
     "seq": pl.Int64(),
     "commit_id": pl.String(),
-    "reason": pl.String(),  # head | snapshot | pin | segment | window
+    "reason": pl.String(),  # head | branch | snapshot | pin | segment | window
     "name": pl.String(),
 }
 FILE_SCHEMA: dict[str, pl.DataType] = {
@@ -161,7 +161,7 @@ def collect(
     delay = 0.02
     for _ in range(_MAX_ATTEMPTS):
         now = now_utc()
-        head = ds.head
+        head = ds._global_head()  # GC is dataset-wide: every branch
         plan = _plan(ds, head, now, keep_within)
         if not apply:
             return _report(ds, plan, keep_within, applied=False)
@@ -169,7 +169,9 @@ def collect(
         record = GCRecord(run_id, head.seq + 1, now, author, ranges(plan.unreadable))
         where = ds._pruned.folder.child(record_name(record.seq, run_id))
         where.put(record.to_json())
-        commit = head.child(
+        commit = head.successor(
+            branches.head_of(ds._log, head, MAIN, dataset=ds.name),
+            branch=MAIN,
             author=author,
             message=f"gc: {len(plan.unreadable)} commits pruned",
             operation=GC_OPERATION,
@@ -210,7 +212,9 @@ def _plan(
     # Commits pruned before stay pruned, unless a snapshot came back from the
     # archive onto one (its files were copied back).
     roots, archived = _roots(ds, head, commits, now - keep_within)
-    roots = [r for r in roots if r["seq"] not in done or r["reason"] in ("snapshot", "head")]
+    roots = [
+        r for r in roots if r["seq"] not in done or r["reason"] in ("snapshot", "head", "branch")
+    ]
     root_seqs = {r["seq"] for r in roots}
     versions: dict[str, set[int]] = {}
     for seq in root_seqs:
@@ -238,7 +242,15 @@ def _roots(
     from lakever.archive import ARCHIVED, decorate
     from lakever.segments import frozen_commits
 
-    out: list[dict[str, Any]] = [{"seq": head.seq, "reason": "head", "name": ""}]
+    out: list[dict[str, Any]] = [
+        {
+            "seq": int(entry["head"]),
+            "reason": "head" if name == MAIN else "branch",
+            "name": "" if name == MAIN else name,
+        }
+        for name, entry in head.branch_table().items()
+        if name == MAIN or entry.get("state") == OPEN  # published: kept by their snapshot
+    ]
     snaps = [s for s in decorate(ds, ds._tags.snapshots()) if s.commit_seq <= head.seq]
     archived = {s.commit_seq for s in snaps if s.state == ARCHIVED}
     out += [
@@ -254,7 +266,7 @@ def _roots(
     out += [
         {"seq": c.seq, "reason": "window", "name": ""}
         for c in commits.values()
-        if c.created_at >= since and c.seq != head.seq
+        if c.created_at >= since and c.seq not in {r["seq"] for r in out}
     ]
     pending = [r["seq"] for r in out]
     seen: set[tuple[int, str]] = set()
@@ -304,7 +316,11 @@ def _plan_table(
         kept=versions,
         log_only={v for v in cold if v is not None},
         feed=feed,
-        in_flight_after=head.table_versions.get(table),
+        # the newest version any commit (any branch) records: above it, writers at work
+        in_flight_after=max(
+            (c.table_versions[table] for c in commits.values() if table in c.table_versions),
+            default=None,
+        ),
         now=now,
     )
 

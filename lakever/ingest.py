@@ -544,7 +544,7 @@ class _ChunkOp:
             name = table.split("/", 1)[1]
             if self._state.pin is not None:
                 st.pins[name] = self._state.pin
-            st.pins.setdefault(name, st.head.seq + 1)
+            st.pins.setdefault(name, st.next_seq)
             pin = st.pins[name]
         try:
             st.require_frames(table, rows, pinned=pin)

@@ -249,7 +249,7 @@ class Transaction:
             if pin is not None:
                 st.pins[set_name] = pin
             else:
-                st.pins.setdefault(set_name, st.head.seq + 1)
+                st.pins.setdefault(set_name, st.next_seq)
             st.require_frames(table, rows, pinned=st.pins[set_name])
             st.put(table, rows)
 

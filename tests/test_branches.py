@@ -193,3 +193,29 @@ def test_history_on_a_branch_follows_its_line(ds: lv.Dataset) -> None:
     assert (
         h_qa["after"].str.contains("person").any() and not h_qa["after"].str.contains("bike").any()
     )
+
+
+def test_gc_keeps_open_branch_heads_and_reclaims_deleted_ones(ds: lv.Dataset) -> None:
+    from datetime import timedelta
+
+    qa = ds.create_branch("qa")
+    for i in range(3):
+        qa.upsert_labels(labels(FIDS[i : i + 1], per_frame=1, cls="person"))
+    want = table_hash(qa.read("labels"))
+    for i in range(3):
+        ds.upsert_labels(labels(FIDS[10 + i : 11 + i], per_frame=1, cls="truck"))
+    main_want = table_hash(ds.read("labels"))
+    plan = ds.gc(keep_within=timedelta(0))
+    assert {"head", "branch"} <= set(plan.roots["reason"])
+    assert "qa" in plan.roots.filter(pl.col("reason") == "branch")["name"].to_list()
+    ds.gc(keep_within=timedelta(0), apply=True)
+    assert table_hash(qa.read("labels")) == want  # the branch head reads as before
+    assert table_hash(ds.read("labels")) == main_want
+    qa.upsert_labels(labels(FIDS[4:5], per_frame=1, cls="bike"))  # and takes writes
+    assert qa.read("labels").filter(pl.col("cls") == "bike").height == 1
+    kept = ds.gc(keep_within=timedelta(0)).roots
+    ds.delete_branch("qa")
+    after = ds.gc(keep_within=timedelta(0))
+    assert "branch" not in set(after.roots["reason"])
+    assert len(after.unreadable) > 0 and kept.height > after.roots.height
+    assert table_hash(ds.read("labels")) == main_want
