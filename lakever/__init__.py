@@ -10,6 +10,7 @@ Example:
 """
 
 from lakever import archive
+from lakever.branches import Branch
 from lakever.catalog import Lake, connect
 from lakever.commits import ChangeCounts, Commit
 from lakever.dataset import Dataset
@@ -47,6 +48,7 @@ from lakever.errors import (
 )
 from lakever.evaluation import Evaluation
 from lakever.gc import GCReport
+from lakever.merge import MergeResult
 from lakever.refs import Ref
 from lakever.repair import RepairReport
 from lakever.segments import Segment
@@ -89,6 +91,8 @@ __all__ = [
     "SegmentExistsError",
     "SegmentNotFoundError",
     "Snapshot",
+    "Branch",
+    "MergeResult",
     "SnapshotArchivedError",
     "SnapshotExistsError",
     "SnapshotNotFoundError",

@@ -219,3 +219,46 @@ def test_gc_keeps_open_branch_heads_and_reclaims_deleted_ones(ds: lv.Dataset) ->
     assert "branch" not in set(after.roots["reason"])
     assert len(after.unreadable) > 0 and kept.height > after.roots.height
     assert table_hash(ds.read("labels")) == main_want
+
+
+def test_branch_commands(local_lake: lv.Lake) -> None:
+    import json
+
+    from tests.test_cli import run
+
+    uri = local_lake.uri
+    ds = local_lake.create_dataset("street", classes=CLASSES)
+    ds.add_frames(frames(FIDS[:4]))
+    ds.upsert_labels(labels(FIDS[:4], per_frame=1))
+    code, out, err = run("branch", "create", "street", "qa", "--uri", uri, "--json")
+    assert code == 0, err
+    assert json.loads(out)["name"] == "qa"
+    rows = labels(FIDS[:1], per_frame=1, cls="person")
+    ds.on_branch("qa").upsert_labels(rows)
+    code, out, _ = run("show", "street", "--uri", uri, "--branch", "qa", "--json")
+    assert code == 0 and {r["cls"] for r in json.loads(out)} == {"person", "car"}
+    code, out, _ = run("--branch", "qa", "log", "street", "--uri", uri, "--json")
+    assert code == 0 and json.loads(out)[0]["operation"] == "write"
+    code, out, _ = run("show", "street", "--uri", uri, "--json")
+    assert {r["cls"] for r in json.loads(out)} == {"car"}  # main
+    code, out, _ = run("branch", "list", "street", "--uri", uri)
+    assert code == 0 and "qa" in out and "main" in out
+    code, out, _ = run("merge", "street", "qa", "--uri", uri, "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["fast_forward"] is True
+    ds.upsert_labels(labels(FIDS[:1], per_frame=1, cls="bike"))  # a conflict on main
+    code, out, _ = run("merge", "street", "qa", "--uri", uri, "--json")
+    body = json.loads(out)
+    assert code == 4 and body["error"]["exit_code"] == 4
+    assert [c["kind"] for c in body["conflicts"]] == ["cell"]
+    code, out, err = run("merge", "street", "qa", "--uri", uri, "--on-conflict", "theirs")
+    assert code == 0, err
+    assert "merged qa into main as commit" in out
+    assert ds.read("labels").filter(pl.col("cls") == "person").height == 1
+    code, _, err = run("branch", "delete", "street", "qa", "--uri", uri)
+    assert code == 2 and "--yes" in err
+    code, out, err = run("publish", "street", "qa", "qa-v1", "--uri", uri)
+    assert code == 0 and "qa-v1" in out, err
+    code, _, err = run("--branch", "qa", "revert", "street", "0", "--uri", uri)
+    assert code == 1 and "published" in err  # a closed draft takes no writes
+    code, _, err = run("show", "street", "--uri", uri, "--branch", "nope")
+    assert code == 3 and "nope" in err

@@ -27,12 +27,42 @@ _GLOBAL_FLAGS = ("--json", "--verbose", "-v")
 _GLOBAL_VALUES = ("--uri",)
 
 
+#: The branch `--branch` names for this invocation (None: 'main').
+_branch: list[str | None] = [None]
+
+
+def branch_option() -> str | None:
+    """The branch this invocation's `--branch` names, if any."""
+    return _branch[0]
+
+
+def open_dataset(uri: str | None, name: str) -> lv.Dataset:
+    """The dataset a command works on, on the branch `--branch` names."""
+    return lv.connect(uri).dataset(name, branch=branch_option())
+
+
+def _take_branch(args: list[str]) -> list[str]:
+    """Remove `--branch NAME` (anywhere) from the arguments and remember NAME."""
+    _branch[0] = None
+    out: list[str] = []
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--branch" and rest:
+            _branch[0] = rest.pop(0)
+        elif arg.startswith("--branch="):
+            _branch[0] = arg.split("=", 1)[1]
+        else:
+            out.append(arg)
+    return out
+
+
 class _Root(TyperGroup):
     """The root command: global options before a subcommand are handed to it."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         moved: list[str] = []
-        rest = list(args)
+        rest = _take_branch(args)
         while rest:
             head = rest[0]
             if head in _GLOBAL_FLAGS:
@@ -53,7 +83,8 @@ class _Root(TyperGroup):
 app = typer.Typer(
     cls=_Root,
     help="Version computer-vision datasets stored as Delta Lake tables. "
-    "--uri, --json and --verbose go before or after the command's name.",
+    "--uri, --json and --verbose go before or after the command's name; --branch NAME "
+    "makes any command that reads or writes one dataset work on that branch.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -253,7 +284,7 @@ def log_cmd(
     limit: Annotated[int | None, typer.Option(help="Show at most N commits.")] = None,
 ) -> None:
     """Show the commit log, newest first."""
-    commits = lv.connect(uri).dataset(dataset).log(limit=limit)
+    commits = open_dataset(uri, dataset).log(limit=limit)
     if json_out:
         o.emit_json([{**c.to_dict(), "pruned_by": c.pruned_by} for c in commits])
     else:
@@ -277,7 +308,7 @@ def revert(
     yes: Yes = False,
 ) -> None:
     """Make a new commit whose content equals REF (history is kept)."""
-    ds = lv.connect(uri).dataset(dataset)
+    ds = open_dataset(uri, dataset)
     before = ds.head
     if discard_newer_snapshots:
         target = ds.resolve(ref)
@@ -362,7 +393,7 @@ def diff_cmd(
     limit: Annotated[int, typer.Option(help="At most N rows per table.")] = 20,
 ) -> None:
     """Show what changed between two versions: counts, class changes, rows."""
-    ds = lv.connect(uri).dataset(dataset)
+    ds = open_dataset(uri, dataset)
     _show_diff(ds.diff(a, b), table=table, rows=rows, limit=limit, json_out=json_out)
 
 
@@ -376,7 +407,7 @@ def status(
     snapshot: Annotated[str | None, typer.Option(help="Compare with this snapshot.")] = None,
 ) -> None:
     """Show the changes since the latest snapshot (or --snapshot), like git status."""
-    ds = lv.connect(uri).dataset(dataset)
+    ds = open_dataset(uri, dataset)
     d = ds.changes_since_snapshot(snapshot)
     if not json_out:
         name = snapshot or ds.list_snapshots(changes=False)[-1].name
@@ -399,7 +430,7 @@ def history(
     """Show every version of a frame (and its labels) or of a label."""
     if (frame_id is None) == (label_id is None):
         raise lv.InvalidInputError("give exactly one of --frame-id or --label-id")
-    h = lv.connect(uri).dataset(dataset).history(frame_id=frame_id, label_id=label_id)
+    h = open_dataset(uri, dataset).history(frame_id=frame_id, label_id=label_id)
     rows = [
         {
             **r,
@@ -463,7 +494,7 @@ def snapshot_create(
     meta: Annotated[list[str] | None, typer.Option(help="KEY=VALUE metadata, repeatable.")] = None,
 ) -> None:
     """Freeze a named, read-only snapshot of HEAD."""
-    ds = lv.connect(uri).dataset(dataset)
+    ds = open_dataset(uri, dataset)
     snap = ds.create_snapshot(
         name, ref=ref, description=description, metadata=_parse_meta(meta or [])
     )
@@ -482,7 +513,7 @@ def snapshot_list(
     verbose: Verbose = False,
 ) -> None:
     """List snapshots, oldest first."""
-    snaps = lv.connect(uri).dataset(dataset).list_snapshots()
+    snaps = open_dataset(uri, dataset).list_snapshots()
     if json_out:
         o.emit_json([s.to_dict() for s in snaps])
     else:
@@ -499,7 +530,7 @@ def snapshot_show(
     verbose: Verbose = False,
 ) -> None:
     """Show one snapshot and where its tables live."""
-    ds = lv.connect(uri).dataset(dataset)
+    ds = open_dataset(uri, dataset)
     snap = ds.snapshot(name)
     if snap.state == "archived":  # its tables are read from the archive
         sources = lv.archive.archived_sources(ds, snap) or {}
@@ -533,7 +564,7 @@ def snapshot_delete(
     yes: Yes = False,
 ) -> None:
     """Delete a snapshot (needs --yes)."""
-    ds = lv.connect(uri).dataset(dataset)
+    ds = open_dataset(uri, dataset)
     snap = ds.snapshot(name)
     if not yes:
         raise lv.InvalidInputError(
@@ -576,7 +607,7 @@ def repair(
     yes: Yes = False,
 ) -> None:
     """Report table versions whose files are gone; with --yes, make HEAD writable again."""
-    report = lv.connect(uri).dataset(dataset).repair(apply=yes)
+    report = open_dataset(uri, dataset).repair(apply=yes)
     if json_out:
         o.emit_json(
             {

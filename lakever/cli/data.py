@@ -10,7 +10,7 @@ import typer
 
 import lakever as lv
 from lakever.cli import _output as o
-from lakever.cli.app import Json, Uri, Verbose, _guard, app
+from lakever.cli.app import Json, Uri, Verbose, _guard, app, branch_option, open_dataset
 from lakever.exports import FORMATS
 
 upload_app = typer.Typer(help="Show one upload and its rejected rows.", no_args_is_help=True)
@@ -91,7 +91,7 @@ def import_cmd(
     exists = _exists(lake, dataset)
     if fmt == "coco":
         if exists:
-            ds = lake.dataset(dataset)
+            ds = lake.dataset(dataset, branch=branch_option())
             up = ds.import_coco(
                 source,
                 images_root=images_root,
@@ -118,10 +118,10 @@ def import_cmd(
                     "with `lakever create --classes ...`"
                 )
             lake.create_dataset(dataset, classes=names, exist_ok=True)
-        ds = lake.dataset(dataset)
+        ds = lake.dataset(dataset, branch=branch_option())
         up = ds.import_yolo(source, upload_id=upload_id, mode=mode, chunk_rows=chunk_rows)
     else:
-        ds = lake.dataset(dataset)
+        ds = lake.dataset(dataset, branch=branch_option())
         rows: dict[str, Any] = {"frames": None, "labels": None, "inferences": None}
         if table in ("frames", "labels"):
             rows[table] = source
@@ -173,7 +173,7 @@ def export_cmd(
         raise lv.InvalidInputError(
             f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}"
         )
-    view = lv.connect(uri).dataset(dataset).at(ref)
+    view = open_dataset(uri, dataset).at(ref)
     written: list[str]
     if fmt == "coco":
         doc = view.export_coco(out)
@@ -225,7 +225,7 @@ def show(
     ] = None,
 ) -> None:
     """Print rows of a table at a version."""
-    view = lv.connect(uri).dataset(dataset).at(ref)
+    view = open_dataset(uri, dataset).at(ref)
     query = view.scan(table)
     if where:
         _check_classes(where, view.classes)
@@ -291,7 +291,7 @@ def uploads(
     limit: Annotated[int | None, typer.Option(help="At most N uploads.")] = None,
 ) -> None:
     """List uploads, newest first."""
-    df = lv.connect(uri).dataset(dataset).uploads(status=status, limit=limit)
+    df = open_dataset(uri, dataset).uploads(status=status, limit=limit)
     if json_out:
         o.emit_json(df.to_dicts())
         return
@@ -322,7 +322,7 @@ def upload_show(
     limit: Annotated[int, typer.Option(help="At most N rejected rows on screen.")] = 50,
 ) -> None:
     """Show an upload: status, counts, commits, and its rejected rows."""
-    ds = lv.connect(uri).dataset(dataset)
+    ds = open_dataset(uri, dataset)
     up = ds.upload(upload_id)
     if out is not None:
         up.errors.write_csv(out)

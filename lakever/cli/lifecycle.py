@@ -10,7 +10,17 @@ import typer
 
 import lakever as lv
 from lakever.cli import _output as o
-from lakever.cli.app import Json, Uri, Verbose, Yes, _guard, app, snapshot_app
+from lakever.cli.app import (
+    Json,
+    Uri,
+    Verbose,
+    Yes,
+    _guard,
+    app,
+    branch_option,
+    open_dataset,
+    snapshot_app,
+)
 from lakever.gc import human_size
 
 
@@ -45,7 +55,7 @@ def gc_cmd(
     if history:
         if dataset is None:
             raise lv.InvalidInputError("--history needs a DATASET")
-        runs = lake.dataset(dataset).gc_runs()
+        runs = lake.dataset(dataset, branch=branch_option()).gc_runs()
         if json_out:
             o.emit_json(json.loads(runs.write_json()))
             return
@@ -100,7 +110,7 @@ def gc_cmd(
         if not yes and int(frame["files"].sum() or 0):
             o.out.print("nothing was deleted: run again with --yes to delete", markup=False)
         return
-    report = lake.dataset(dataset).gc(keep_within=span, apply=yes)
+    report = lake.dataset(dataset, branch=branch_option()).gc(keep_within=span, apply=yes)
     if json_out:
         o.emit_json(
             {
@@ -125,7 +135,7 @@ def gc_cmd(
 
 
 def _move(dataset: str, name: str, uri: str | None, json_out: bool, *, back: bool) -> None:
-    ds = lv.connect(uri).dataset(dataset)
+    ds = open_dataset(uri, dataset)
     snap = ds.unarchive_snapshot(name) if back else ds.archive_snapshot(name)
     if json_out:
         o.emit_json(snap.to_dict())
@@ -173,7 +183,7 @@ def optimize(
 
     One commit; rows, diffs and snapshots are unchanged.
     """
-    ds = lv.connect(uri).dataset(dataset)
+    ds = open_dataset(uri, dataset)
     before = ds.head
     commit = ds.optimize()
     if json_out:

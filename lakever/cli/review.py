@@ -8,7 +8,7 @@ import typer
 
 import lakever as lv
 from lakever.cli import _output as o
-from lakever.cli.app import Json, Uri, Verbose, Yes, _guard, app
+from lakever.cli.app import Json, Uri, Verbose, Yes, _guard, app, open_dataset
 from lakever.evaluation import SUMMARY_KEYS
 
 segment_app = typer.Typer(
@@ -51,7 +51,7 @@ def eval_cmd(
     worst: Annotated[int, typer.Option(help="How many of the worst classes to list.")] = 5,
 ) -> None:
     """Evaluate an inference set (COCO bbox) against its pinned labels, and record it."""
-    ds = lv.connect(uri).dataset(dataset)
+    ds = open_dataset(uri, dataset)
     ev = ds.evaluate(set_name, against=against)
     if json_out:
         o.emit_json(
@@ -93,7 +93,7 @@ def evals_cmd(
     set_name: Annotated[str | None, typer.Option("--set", help="Only this inference set.")] = None,
 ) -> None:
     """List recorded evaluations, newest first."""
-    rows = lv.connect(uri).dataset(dataset).evaluations(set_name)
+    rows = open_dataset(uri, dataset).evaluations(set_name)
     if json_out:
         o.emit_json(rows.drop("per_class").to_dicts())
         return
@@ -142,7 +142,7 @@ def segment_create(
     description: Annotated[str, typer.Option(help="Free text.")] = "",
 ) -> None:
     """Create a segment; its elements are frozen at HEAD."""
-    ds = lv.connect(uri).dataset(dataset)
+    ds = open_dataset(uri, dataset)
     seg = ds.create_segment(
         name, **_members(frame_ids, label_ids, predictions), description=description
     )
@@ -175,7 +175,7 @@ def segment_list(
     verbose: Verbose = False,
 ) -> None:
     """List segments."""
-    rows = lv.connect(uri).dataset(dataset).segments()
+    rows = open_dataset(uri, dataset).segments()
     if json_out:
         o.emit_json(rows.to_dicts())
         return
@@ -200,7 +200,7 @@ def segment_show(
     verbose: Verbose = False,
 ) -> None:
     """Show a segment's elements and which of them changed since they were added."""
-    seg = lv.connect(uri).dataset(dataset).segment(name)
+    seg = open_dataset(uri, dataset).segment(name)
     outdated = seg.outdated()
     if json_out:
         o.emit_json(
@@ -240,7 +240,7 @@ def _membership(verb: str, help_text: str, done: str) -> None:
         label_ids: Ids = None,
         predictions: Preds = None,
     ) -> None:
-        seg = lv.connect(uri).dataset(dataset).segment(name)
+        seg = open_dataset(uri, dataset).segment(name)
         n = getattr(seg, verb)(**_members(frame_ids, label_ids, predictions))
         _say_segment(seg, json_out, done.format(n=n, name=seg.name))
 
@@ -268,7 +268,7 @@ def segment_state(
     verbose: Verbose = False,
 ) -> None:
     """Set a segment's state."""
-    seg = lv.connect(uri).dataset(dataset).segment(name)
+    seg = open_dataset(uri, dataset).segment(name)
     seg.set_state(state)
     _say_segment(seg, json_out, f"segment {seg.name!r} is now {state}")
 
@@ -286,7 +286,7 @@ def segment_delete(
     """Delete a segment (needs --yes)."""
     if not yes:
         raise lv.InvalidInputError(f"deleting segment {name!r} needs --yes")
-    lv.connect(uri).dataset(dataset).delete_segment(name)
+    open_dataset(uri, dataset).delete_segment(name)
     if json_out:
         o.emit_json({"deleted": name})
     else:
