@@ -153,8 +153,15 @@ def main() -> int:
         lake.delete_dataset(name, force=True)
         say("DELETED")
         return 0
-    ds = lake.dataset(name)
+    ds = lake.dataset(name, branch=os.environ.get("LAKEVER_TEST_BRANCH") or None)
     say("READY")
+    if mode == "merge-loop":  # merge branch WRITER into the handle's branch, COUNT times
+        for i in range(int(count)):
+            result = ds.merge(writer, on_conflict="theirs")
+            seq = None if result.commit is None else result.commit.seq
+            say(f"MERGED {i} {seq}")
+            time.sleep(0.05)
+        return 0
     if mode == "ingest":  # one upload named after the writer; COUNT frames of vendor rows
         f, lab, _ = vendor_batch(int(count), prefix=writer)
         up = ds.ingest(frames=f, labels=lab, upload_id=writer, chunk_rows=20, progress=False)

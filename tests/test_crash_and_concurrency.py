@@ -409,3 +409,81 @@ def test_sigkill_during_optimize_never_breaks_the_dataset(
     assert vectors(ds) == 0 and content_hash(ds) == want["HEAD"]
     assert [c.seq for c in ds.log()] == list(range(ds.head.seq, -1, -1))
     print(f"{landed} of 8 killed optimize runs had published")
+
+
+@pytest.mark.slow
+def test_writers_on_different_branches_lose_nothing(
+    lake: lv.Lake, lake_uri: tuple[str, dict[str, str]], backend: str
+) -> None:
+    _, options = lake_uri
+    commits = 10 if backend == "local" else 4
+    ds = base_dataset(lake)
+    ds.create_branch("a")
+    ds.create_branch("b")
+    procs = {
+        br: spawn("concurrent", lake.uri, "shared", f"w{br}", commits, options,
+                  LAKEVER_TEST_BRANCH=br)
+        for br in ("a", "b", "main")
+    }  # fmt: skip
+    acked = {}
+    for br, proc in procs.items():
+        out, err = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, err[-3000:]
+        acked[br] = [int(line.split()[1]) for line in out.splitlines() if line.startswith("ACK")]
+        assert len(acked[br]) == commits
+    every = [s for acks in acked.values() for s in acks]
+    assert len(set(every)) == len(every)  # one seq per commit, whatever the branch
+    for br, acks in acked.items():
+        handle = ds.on_branch(br)
+        mine = {c.seq for c in handle.log()}
+        assert set(acks) <= mine
+        assert not (set(every) - set(acks)) & mine  # no other branch's commit
+        want = {f"w{br}-{i:04d}-{k}" for i in range(commits) for k in range(3)}
+        assert set(handle.read("frames")["frame_id"]) == want | {"shared-00000"}
+        check_consistent(handle)
+    # a merge racing commits on its target includes them or retries, never drops them
+    merger = spawn("merge-loop", lake.uri, "shared", "a", 3, options)
+    writer = spawn("concurrent", lake.uri, "shared", "wm2", commits, options)
+    for proc in (merger, writer):
+        out, err = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, err[-3000:]
+    main = set(ds.read("frames")["frame_id"])
+    assert {f"wm2-{i:04d}-{k}" for i in range(commits) for k in range(3)} <= main
+    assert {f"wa-{i:04d}-{k}" for i in range(commits) for k in range(3)} <= main
+    check_consistent(ds)
+
+
+@pytest.mark.slow
+def test_sigkill_during_branch_commits_and_merges_keeps_every_head_readable(
+    local_lake: lv.Lake,
+) -> None:
+    ds = base_dataset(local_lake)
+    for br in ("a", "b"):
+        ds.create_branch(br)
+    rng = random.Random(11)
+    for it in range(18):
+        branch = ("a", "b", "main")[it % 3]
+        mode = "merge-loop" if it % 6 == 5 else "crash"
+        writer = "b" if mode == "merge-loop" else f"k{it:02d}"
+        count = 1000 if mode == "crash" else 5
+        proc = spawn(
+            mode,
+            local_lake.uri,
+            "shared",
+            writer,
+            count,
+            {},
+            LAKEVER_TEST_BRANCH=branch,
+            LAKEVER_TEST_PAUSE_BEFORE_PUBLISH="0.03",
+        )
+        wait_ready(proc)
+        time.sleep(rng.uniform(0.0, 0.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        for b in ds.branches():
+            handle = ds.on_branch(b.name)
+            check_consistent(handle)
+            c = handle.add_frames(frames([f"p{it:02d}-{b.name}"]), message="after crash")
+            assert c.branch == b.name
+            assert f"p{it:02d}-{b.name}" in set(handle.read("frames")["frame_id"])
+    assert [c.seq for c in ds.log()][-1] == 0
