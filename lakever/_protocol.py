@@ -247,6 +247,7 @@ class CommitRunner:
             )
 
         self.publish_record(make, what=f"delete branch {name!r}")
+        self._log.branch_ref(name).remove()
 
     def set_branch_state(self, name: str, state: str, *, author: str) -> None:
         """Publish a commit on branch `name` (same content) that sets its state."""

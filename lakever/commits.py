@@ -254,6 +254,18 @@ class Commit:
         )
 
 
+def ref_body(commit: Commit) -> dict[str, Any]:
+    """A branch head as readers outside lakever use it: seq, id and every table's version."""
+    return {
+        "branch": commit.branch,
+        "seq": commit.seq,
+        "commit_id": commit.id,
+        "tables": [
+            {"table": t, "uri": t, "version": v} for t, v in sorted(commit.table_versions.items())
+        ],
+    }
+
+
 def now_utc() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(timezone.utc)
@@ -278,6 +290,7 @@ class CommitLog:
     def __init__(self, root: Location, *, dataset_id: str | None = None, name: str = "") -> None:
         self._dir = root.child("_lakever", "commits")
         self._hint = root.child("_lakever", "HEAD")
+        self._refs = root.child("_lakever", "branches")
         self._cache: dict[int, Commit] = {}
         self._dataset_id = dataset_id
         self._name = name
@@ -378,7 +391,16 @@ class CommitLog:
         # The hint is an optimisation; readers probe past a stale one.
         with contextlib.suppress(OSError):
             self._hint.put(json.dumps({"seq": commit.seq}).encode())
+        if commit.heads:
+            with contextlib.suppress(OSError):
+                self.branch_ref(commit.branch).put(json.dumps(ref_body(commit)).encode())
         return True
+
+    def branch_ref(self, branch: str) -> Location:
+        """Where readers outside lakever find a branch's head (written after each commit)."""
+        from lakever.filenames import encode
+
+        return self._refs.child(f"{encode(branch)}.json")
 
     def withdraw(self, commit: Commit) -> None:
         """Remove a record this process just published into a dataset that was deleted."""

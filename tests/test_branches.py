@@ -262,3 +262,29 @@ def test_branch_commands(local_lake: lv.Lake) -> None:
     assert code == 1 and "published" in err  # a closed draft takes no writes
     code, _, err = run("show", "street", "--uri", uri, "--branch", "nope")
     assert code == 3 and "nope" in err
+
+
+def test_a_branch_head_reads_without_lakever(ds: lv.Dataset) -> None:
+    """The README's recipe: the branch's ref file names every table's version."""
+    import json as _json
+
+    from lakever.storage import user_location
+
+    qa = ds.create_branch("qa")
+    qa.upsert_labels(labels(FIDS[:3], per_frame=1, cls="person"))
+    ds.upsert_labels(labels(FIDS[5:6], per_frame=1, cls="bike"))  # main moves on
+    root = ds.root.uri
+    options = ds.root.delta_options()
+
+    def recipe(branch: str) -> pl.DataFrame:
+        ref = _json.loads(
+            user_location(f"{root}/_lakever/branches/{branch}.json", ds.root.options).read_bytes()
+        )
+        t = next(t for t in ref["tables"] if t["table"] == "labels")
+        uri = f"{root}/{t['uri']}"
+        return pl.scan_delta(uri, version=t["version"], storage_options=options).collect()
+
+    assert table_hash(recipe("qa")) == table_hash(qa.read("labels"))
+    assert table_hash(recipe("main")) == table_hash(ds.read("labels"))
+    ds.delete_branch("qa")
+    assert not user_location(f"{root}/_lakever/branches/qa.json", ds.root.options).exists()

@@ -204,3 +204,22 @@ def test_archived_snapshot_reads_in_spark_duckdb_and_polars_without_lakever(
     con.execute(f"LOAD '{ext}'")
     got = con.execute(f"SELECT label_id, cls FROM delta_scan('{uri}') ORDER BY label_id").fetchall()
     assert got == want
+
+
+def test_spark_reads_a_branch_head_by_name(local_lake: lv.Lake, spark: object) -> None:
+    """The README's Spark recipe for a branch: its ref file, then versionAsOf."""
+    ds, _ = edited(local_lake)
+    qa = ds.create_branch("qa")
+    qa.upsert_labels(labels([f"f{i:05d}" for i in range(3)], per_frame=1, cls="bike"))
+    ds.upsert_labels(labels([f"f{i:05d}" for i in range(5, 7)], per_frame=1, cls="truck"))
+    root = ds.root.uri
+    ref = spark.read.json(f"{root}/_lakever/branches/qa.json", multiLine=True)  # type: ignore[attr-defined]
+    row = (
+        ref.selectExpr("explode(tables) AS t")
+        .filter("t.table = 'labels'")
+        .select("t.uri", "t.version")
+        .first()
+    )
+    df = spark.read.format("delta").option("versionAsOf", row.version).load(f"{root}/{row.uri}")  # type: ignore[attr-defined]
+    got = sorted((r["label_id"], r["cls"]) for r in df.select("label_id", "cls").collect())
+    assert got == sorted(qa.read("labels").select("label_id", "cls").iter_rows())
