@@ -3,6 +3,7 @@
 python benchmarks/run.py                 # full sizes (10M labels; needs ~10 GiB RAM, ~15 min)
 python benchmarks/run.py --quick         # small sizes, a smoke run
 python benchmarks/run.py --only core   # or --only diff, --only edits (1M and 5M labels),
+                                       # --only branches (1M and 5M labels, with Lance),
                                        # --only ingest (streaming 1M labels, COCO 1M boxes),
                                        # --only review (evaluation vs pycocotools, segments)
                                        # --only lifecycle (GC after 100 edits at 5M labels,
@@ -26,6 +27,7 @@ import polars as pl
 
 import lakever
 from benchmarks import (
+    bench_branches,
     bench_core,
     bench_diff,
     bench_edits,
@@ -43,7 +45,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument(
         "--only",
-        choices=["core", "diff", "edits", "ingest", "review", "lifecycle"],
+        choices=["core", "diff", "edits", "ingest", "review", "lifecycle", "branches"],
         action="append",
         help="run only these suites",
     )
@@ -91,6 +93,9 @@ def main() -> int:
                 n_files=1_000 if args.quick else 10_000,
                 s3=True,
             )
+        elif suite == "branches":
+            sizes = [100_000] if args.quick else [1_000_000, 5_000_000]
+            sections = bench_branches.run(work, sizes=sizes)
         elif suite == "edits":
             sizes = [100_000] if args.quick else [1_000_000, 5_000_000]
             sections = bench_edits.run(work, sizes=sizes, many=30 if args.quick else 100)

@@ -120,8 +120,12 @@ def _with_columns(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFr
     )
 
 
-def cdf_change(loc: Location, key: str, start: int, end: int) -> pl.DataFrame:
+def cdf_change(
+    loc: Location, key: str, start: int, end: int, *, keys: pl.Series | None = None
+) -> pl.DataFrame:
     """Net changes from version `start` to `end` of one table, via its Change Data Feed.
+
+    `keys` limits it to those keys (filtered inside each file read).
 
     Raises:
         StorageError when the feed cannot cover the range (callers fall back).
@@ -130,8 +134,9 @@ def cdf_change(loc: Location, key: str, start: int, end: int) -> pl.DataFrame:
         schema = _delta.schema_at(loc, max(start, end))
         return empty_change_frame(key, schema)
     if start > end:
-        return mirror(cdf_change(loc, key, end, start))
-    events = _feed.changes(loc, start + 1, end)
+        return mirror(cdf_change(loc, key, end, start, keys=keys))
+    where = None if keys is None else pl.col(key).is_in(keys.implode())
+    events = _feed.changes(loc, start + 1, end, where=where)
     schema = _union_columns(_delta.schema_at(loc, end), _delta.schema_at(loc, start))
     if events.is_empty():
         return empty_change_frame(key, schema)
@@ -172,13 +177,21 @@ def _read(loc: Location, version: int) -> pl.DataFrame:
 
 
 def table_change(
-    loc: Location, key: str, version_a: int | None, version_b: int | None
+    loc: Location,
+    key: str,
+    version_a: int | None,
+    version_b: int | None,
+    *,
+    keys: pl.Series | None = None,
 ) -> pl.DataFrame:
-    """Net changes of one table between two versions: CDF where it can, else full comparison."""
+    """Net changes of one table between two versions: CDF where it can, else full comparison.
+
+    `keys` limits the answer to those keys (and the feed read to their rows).
+    """
     start = ABSENT if version_a is None else version_a
     end = ABSENT if version_b is None else version_b
     try:
-        return cdf_change(loc, key, start, end)
+        return cdf_change(loc, key, start, end, keys=keys)
     except Exception as exc:
         log.info(
             "change feed of %s cannot cover %s..%s (%s); comparing in full",
@@ -187,7 +200,8 @@ def table_change(
             end,
             exc,
         )
-        return full_change(loc, version_a, loc, version_b, key)
+        full = full_change(loc, version_a, loc, version_b, key)
+        return full if keys is None else full.filter(pl.col(key).is_in(keys.implode()))
 
 
 def table_counts(

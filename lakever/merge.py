@@ -261,27 +261,34 @@ def _three_way(
                 st.put(plan.table, rows)
         _labels_keep_their_frames(st, plans)
 
-    from lakever._staging import Stage
-
-    stage = Stage(ours, ds.table_location, ds._log.get)
     counts: dict[str, ChangeCounts] = {}
-    try:
-        op(stage)
-        counts = {c.table: c.counts for c in stage.changes(lambda *_: ChangeCounts())}
-    except ValidationError as exc:
-        conflicts += [
-            {
-                "table": exc.table,
-                "key": e.key,
-                "column": e.column,
-                "kind": e.rule,
-                "base": None,
-                "ours": None,
-                "theirs": None if e.value is None else str(e.value),
-                "resolved": INTEGRITY,
-            }
-            for e in exc.errors
-        ]
+    commit: Commit | None = None
+    if dry_run or any(c["resolved"] == "fail" for c in conflicts):
+        from lakever._staging import Stage
+
+        stage = Stage(ours, ds.table_location, ds._log.get)
+        try:
+            op(stage)
+            counts = {c.table: c.counts for c in stage.changes(lambda *_: ChangeCounts())}
+        except ValidationError as exc:
+            conflicts += _broken_rules(exc)
+    else:
+        from lakever.info import default_author
+
+        resolved = sorted({c["resolved"] for c in conflicts})
+        meta = {"merge": {"source": theirs.id, "base": base.id, "conflicts": len(conflicts)}}
+        if resolved:
+            meta["merge"]["resolved"] = resolved
+        try:
+            commit = ds._runner.run(
+                [op, _record(meta)],
+                message=message,
+                author=author or default_author(),
+                operation=operation,
+                merged=merged,
+            )
+        except ValidationError as exc:
+            conflicts += _broken_rules(exc)
     frame = _conflict_frame(conflicts)
     blocking = [c for c in conflicts if c["resolved"] in ("fail", INTEGRITY)]
     if blocking:
@@ -303,20 +310,25 @@ def _three_way(
         )
     if dry_run:
         return MergeResult(None, False, counts, frame)
-    from lakever.info import default_author
-
-    resolved = sorted({c["resolved"] for c in conflicts})
-    meta = {"merge": {"source": theirs.id, "base": base.id, "conflicts": len(conflicts)}}
-    if resolved:
-        meta["merge"]["resolved"] = resolved
-    commit = ds._runner.run(
-        [op, _record(meta)],
-        message=message,
-        author=author or default_author(),
-        operation=operation,
-        merged=merged,
-    )
+    assert commit is not None
     return MergeResult(commit, False, dict(commit.counts), frame)
+
+
+def _broken_rules(exc: ValidationError) -> list[dict[str, Any]]:
+    """Rules the merged result would break, as conflicts no side resolves."""
+    return [
+        {
+            "table": exc.table,
+            "key": e.key,
+            "column": e.column,
+            "kind": e.rule,
+            "base": None,
+            "ours": None,
+            "theirs": None if e.value is None else str(e.value),
+            "resolved": INTEGRITY,
+        }
+        for e in exc.errors
+    ]
 
 
 def _record(meta: dict[str, Any]) -> Any:
@@ -350,12 +362,13 @@ def _plan_table(
             return _TablePlan(table, drop=True)
         conflicts[-1]["resolved"] = on_conflict
         return None
-    mine = _changes.table_change(loc, key, b, o)
     other = _changes.table_change(loc, key, b, t)
-    plan = _TablePlan(table)
-    plan.schema = _struct_schema(other)
     if other.is_empty():
         return None
+    # ours matters only where theirs changed: read its feed for those keys alone
+    mine = _changes.table_change(loc, key, b, o, keys=other[key])
+    plan = _TablePlan(table)
+    plan.schema = _struct_schema(other)
     joined = other.join(mine, on=key, how="left", suffix="_ours")
     for row in joined.iter_rows(named=True):
         k = row[key]
