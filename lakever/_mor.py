@@ -49,7 +49,7 @@ from lakever._delta import (
     props,
     require_available,
 )
-from lakever._feed import FILE_COLUMN, POS_COLUMN, live_rows, lookup, scan_file
+from lakever._feed import FILE_COLUMN, POS_COLUMN, file_uri, live_rows, lookup, scan_file
 from lakever.errors import LakeverError, StorageError
 from lakever.storage import Location
 
@@ -488,8 +488,16 @@ def restore(
         return None
     require_available(loc, target, table=table)
     arrow_schema, schema = schemas(dt)
-    before = live_frame(loc, cur, gone, table=table, schema=schema)
-    after = live_frame(loc, old, back, table=table, schema=schema)
+    # A file in both versions with another vector differs only in the rows one
+    # vector deletes and the other keeps: read those rows alone, so switching
+    # between two heads (branches) costs the rows that differ, not the files.
+    same = sorted(set(gone) & set(back))
+    before = live_frame(loc, cur, sorted(set(gone) - set(same)), table=table, schema=schema)
+    after = live_frame(loc, old, sorted(set(back) - set(same)), table=table, schema=schema)
+    if same:
+        only_cur, only_old = _vector_differences(loc, cur, old, same, table=table, schema=schema)
+        before = pl.concat([before, only_cur], how="diagonal_relaxed")
+        after = pl.concat([after, only_old], how="diagonal_relaxed")
     edit = _net(before, after, key)
     now = int(time.time() * 1000)
     actions: list[dict[str, Any]] = [
@@ -508,6 +516,51 @@ def restore(
         actions += [{"cdc": cdc}] if cdc else []
         publish(loc, base, actions)
     return after_publish(dt, loc, cur)
+
+
+def _vector_differences(
+    loc: Location,
+    cur: _deltalog.TableFiles,
+    old: _deltalog.TableFiles,
+    paths: list[str],
+    *,
+    table: str,
+    schema: Mapping[str, pl.DataType],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows of files in both versions that only `cur` keeps, and those only `old` keeps."""
+    queries, sides = [], []
+    for path in paths:
+        cur_dv, old_dv = (f.adds[path].get("deletionVector") for f in (cur, old))
+        dead_cur = _deltalog.read_vector(loc, cur_dv) if cur_dv else BitMap64()
+        dead_old = _deltalog.read_vector(loc, old_dv) if old_dv else BitMap64()
+        kept_by_cur, kept_by_old = dead_old - dead_cur, dead_cur - dead_old
+        wanted = pl.Series(list(kept_by_cur | kept_by_old), dtype=pl.Int64)
+        if wanted.is_empty():
+            continue
+        lf = pl.scan_parquet(
+            file_uri(loc, path), storage_options=loc.delta_options(), row_index_name=POS_COLUMN
+        ).filter(pl.col(POS_COLUMN).cast(pl.Int64).is_in(wanted.implode()))
+        queries.append(lf)
+        sides.append(pl.Series(list(kept_by_cur), dtype=pl.Int64))
+    empty = pl.DataFrame(schema=dict(schema))
+    if not queries:
+        return empty, empty
+    try:
+        with boundary(f"read version {cur.version} of", loc.uri):
+            frames = pl.collect_all(queries)
+    except StorageError:
+        require_available(loc, old.version, table=table)
+        raise
+    only_cur, only_old = [empty], [empty]
+    for df, positions in zip(frames, sides, strict=True):
+        mine = pl.col(POS_COLUMN).cast(pl.Int64).is_in(positions.implode())
+        only_cur.append(df.filter(mine).drop(POS_COLUMN))
+        only_old.append(df.filter(~mine).drop(POS_COLUMN))
+    cast = [pl.col(n).cast(t) for n, t in schema.items()]
+    return (
+        pl.concat(only_cur, how="diagonal_relaxed").select(cast),
+        pl.concat(only_old, how="diagonal_relaxed").select(cast),
+    )
 
 
 def live_frame(

@@ -112,6 +112,10 @@ def merge(
 ) -> MergeResult:
     """Merge `source` into `ds`'s branch; see the module doc."""
     _check(on_conflict, granularity)
+    if isinstance(source, str) and source.strip() in (ds.branch_name, "HEAD", "head"):
+        raise InvalidInputError(
+            f"cannot merge branch {ds.branch_name!r} into itself; name another branch or ref"
+        )
     theirs = ds.resolve(source)
     for _ in range(_MAX_REPLANS):
         ours = ds.head

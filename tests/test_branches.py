@@ -158,6 +158,10 @@ def test_drafts_publish_and_names(ds: lv.Dataset) -> None:
     assert _labels(child)[f"{FIDS[0]}-l0"][0] == "person"
     with pytest.raises(lv.InvalidNameError, match="main"):
         ds.delete_branch("main")
+    with pytest.raises(lv.InvalidInputError, match="itself"):
+        ds.merge("main")
+    with pytest.raises(lv.InvalidInputError, match="on_conflict"):
+        ds.merge("v2-draft", on_conflict="mine")
     with pytest.raises(lv.BranchNotFoundError, match="nope"):
         ds.delete_branch("nope")
     with pytest.raises(lv.BranchNotFoundError):
