@@ -518,6 +518,10 @@ def restore(
     return after_publish(dt, loc, cur)
 
 
+#: Files a restore reads at once (each is decoded whole to find a few rows).
+_FILES_AT_ONCE = 4
+
+
 def _vector_differences(
     loc: Location,
     cur: _deltalog.TableFiles,
@@ -547,7 +551,12 @@ def _vector_differences(
         return empty, empty
     try:
         with boundary(f"read version {cur.version} of", loc.uri):
-            frames = pl.collect_all(queries)
+            # a few files at a time: memory holds a few decoded files, not the table
+            frames = [
+                df
+                for i in range(0, len(queries), _FILES_AT_ONCE)
+                for df in pl.collect_all(queries[i : i + _FILES_AT_ONCE])
+            ]
     except StorageError:
         require_available(loc, old.version, table=table)
         raise
