@@ -77,7 +77,7 @@ def _state(view: lv.Dataset | lv.View) -> dict[str, Row]:
 
 @pytest.mark.slow
 @settings(
-    max_examples=25,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

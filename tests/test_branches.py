@@ -12,7 +12,11 @@ FIDS = [f"f{i:05d}" for i in range(20)]
 
 
 @pytest.fixture
-def ds(lake: lv.Lake) -> lv.Dataset:
+def ds(local_lake: lv.Lake) -> lv.Dataset:
+    return _street(local_lake)
+
+
+def _street(lake: lv.Lake) -> lv.Dataset:
     ds = lake.create_dataset("street", classes=CLASSES)
     ds.add_frames(frames(FIDS))
     ds.upsert_labels(labels(FIDS, per_frame=2))
@@ -25,7 +29,8 @@ def _labels(view: lv.Dataset | lv.View) -> dict[str, tuple]:
     return {r[0]: r[1:] for r in rows.iter_rows()}
 
 
-def test_a_branch_copies_nothing_and_is_isolated(ds: lv.Dataset, lake: lv.Lake) -> None:
+def test_a_branch_copies_nothing_and_is_isolated(lake: lv.Lake) -> None:
+    ds = _street(lake)
     before = {t: table_hash(ds.read(t)) for t in ("frames", "labels")}
     versions = dict(ds.head.table_versions)
     qa = ds.create_branch("qa", at="v1")
@@ -82,7 +87,8 @@ def test_merge_fast_forward(ds: lv.Dataset) -> None:
     assert ds.merge("qa").commit is None  # already merged
 
 
-def test_merge_without_conflicts_takes_both_sides(ds: lv.Dataset) -> None:
+def test_merge_without_conflicts_takes_both_sides(lake: lv.Lake) -> None:
+    ds = _street(lake)
     qa = ds.create_branch("qa")
     qa.upsert_labels(labels(FIDS[:2], per_frame=1, cls="person"))
     qa.delete_labels([f"{FIDS[3]}-l1"])
@@ -268,8 +274,9 @@ def test_branch_commands(local_lake: lv.Lake) -> None:
     assert code == 3 and "nope" in err
 
 
-def test_a_branch_head_reads_without_lakever(ds: lv.Dataset) -> None:
+def test_a_branch_head_reads_without_lakever(lake: lv.Lake) -> None:
     """The README's recipe: the branch's ref file names every table's version."""
+    ds = _street(lake)
     import json as _json
 
     from lakever.storage import user_location
