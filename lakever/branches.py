@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from lakever.refs import Ref
 
 BRANCH_OPERATION = "branch"
+#: Commit records read at once while walking a history.
+_BATCH = 256
 DELETE_BRANCH_OPERATION = "delete-branch"
 PUBLISH_OPERATION = "publish"
 
@@ -92,13 +94,18 @@ def writable_head(log: CommitLog, glob: Commit, name: str, *, dataset: str = "")
 
 
 def ancestry(log: CommitLog, head: Commit) -> Iterator[Commit]:
-    """Every commit `head` descends from (itself included), newest first, each once."""
-    log.list(head)  # one batched read of every record up to head
+    """Every commit `head` descends from (itself included), newest first, each once.
+
+    Records are read in batches below the newest one needed, so the first few
+    ancestors cost one batch, not the whole log.
+    """
     seen = {head.seq}
     frontier = [head.seq]
     while frontier:
         seq = max(frontier)
         frontier.remove(seq)
+        if not log.cached(seq):
+            log.prefetch(max(0, seq - _BATCH + 1), seq)
         commit = log.get(seq)
         yield commit
         for parent in commit.parent_list():
@@ -118,9 +125,10 @@ def merge_base(log: CommitLog, a: Commit, b: Commit) -> Commit:
 
 def is_ancestor(log: CommitLog, older: Commit, newer: Commit) -> bool:
     """Whether `newer` descends from `older`."""
-    if older.seq > newer.seq:
-        return False
-    return any(c.seq == older.seq for c in ancestry(log, newer) if c.seq >= older.seq)
+    for commit in ancestry(log, newer):
+        if commit.seq <= older.seq:  # newest first: nothing further can match
+            return commit.seq == older.seq
+    return False
 
 
 def check_name(name: str) -> str:

@@ -374,13 +374,23 @@ class CommitLog:
         if head is None:
             return []
         start = 0 if limit is None else max(0, head.seq - limit + 1)
-        wanted = [s for s in range(start, head.seq + 1) if s not in self._cache]
+        self.prefetch(start, head.seq)
+        return [self.get(s) for s in range(head.seq, start - 1, -1)]
+
+    def cached(self, seq: int) -> bool:
+        """Whether record `seq` was read already (records never change)."""
+        return seq in self._cache
+
+    def prefetch(self, low: int, high: int) -> None:
+        """Read the records low..high that are not cached yet, in one batch."""
+        wanted = [s for s in range(low, high + 1) if s not in self._cache]
+        if not wanted:
+            return
         blobs = self._dir.cat_many([self._record(s) for s in wanted])
         for s in wanted:
             data = blobs.get(self._record(s).uri)
             if data is not None:
                 self._parse(s, data)
-        return [self.get(s) for s in range(head.seq, start - 1, -1)]
 
     def publish(self, commit: Commit) -> bool:
         """Publish a commit; return False if another writer took its seq first."""
