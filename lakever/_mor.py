@@ -488,17 +488,20 @@ def restore(
         return None
     require_available(loc, target, table=table)
     arrow_schema, schema = schemas(dt)
-    # A file in both versions with another vector differs only in the rows one
-    # vector deletes and the other keeps: read those rows alone, so switching
-    # between two heads (branches) costs the rows that differ, not the files.
-    same = sorted(set(gone) & set(back))
-    before = live_frame(loc, cur, sorted(set(gone) - set(same)), table=table, schema=schema)
-    after = live_frame(loc, old, sorted(set(back) - set(same)), table=table, schema=schema)
-    if same:
-        only_cur, only_old = _vector_differences(loc, cur, old, same, table=table, schema=schema)
-        before = pl.concat([before, only_cur], how="diagonal_relaxed")
-        after = pl.concat([after, only_old], how="diagonal_relaxed")
-    edit = _net(before, after, key)
+    edit = _edit_from_feed(loc, key, base, target, schema)
+    if edit is None:
+        # A file in both versions with another vector differs only in the rows
+        # one vector deletes and the other keeps: read those rows alone.
+        same = sorted(set(gone) & set(back))
+        before = live_frame(loc, cur, sorted(set(gone) - set(same)), table=table, schema=schema)
+        after = live_frame(loc, old, sorted(set(back) - set(same)), table=table, schema=schema)
+        if same:
+            only_cur, only_old = _vector_differences(
+                loc, cur, old, same, table=table, schema=schema
+            )
+            before = pl.concat([before, only_cur], how="diagonal_relaxed")
+            after = pl.concat([after, only_old], how="diagonal_relaxed")
+        edit = _net(before, after, key)
     now = int(time.time() * 1000)
     actions: list[dict[str, Any]] = [
         info_action(
@@ -516,6 +519,41 @@ def restore(
         actions += [{"cdc": cdc}] if cdc else []
         publish(loc, base, actions)
     return after_publish(dt, loc, cur)
+
+
+def _edit_from_feed(
+    loc: Location, key: str, base: int, target: int, schema: Mapping[str, pl.DataType]
+) -> Edit | None:
+    """The rows that differ between `base` and `target`, from the change feed between them.
+
+    Every version's feed is exact (restores included), so the net change of
+    the range is the difference of the two states, at the cost of the change:
+    a switch between branch heads reads what the branches changed, not the
+    files their vectors mark. None when the feed cannot cover the range.
+    """
+    from lakever import _changes
+
+    try:
+        change = _changes.cdf_change(loc, key, base, target)
+    except Exception as exc:  # a feed file gone (GC, cleanup): read the rows instead
+        log.info("restore of %s reads rows: the feed does not cover it (%s)", loc.uri, exc)
+        return None
+    columns = [pl.col(n).cast(t) for n, t in schema.items()]
+
+    def rows(change_kind: list[str], side: str) -> pl.DataFrame:
+        picked = change.filter(pl.col("change").is_in(change_kind)).select(side).unnest(side)
+        missing = [pl.lit(None).alias(n) for n in schema if n not in picked.columns]
+        return picked.with_columns(missing).select(columns)
+
+    return Edit(
+        key=key,
+        inserts=rows(["added"], "after"),
+        updates=rows(["modified"], "after"),
+        deletes=rows(["deleted"], "before"),
+        preimages=rows(["modified"], "before"),
+        positions=pl.DataFrame(),
+        positions_version=-1,
+    )
 
 
 #: Files a restore reads at once (each is decoded whole to find a few rows).

@@ -299,3 +299,38 @@ def test_a_branch_head_reads_without_lakever(lake: lv.Lake) -> None:
     assert table_hash(recipe("main")) == table_hash(ds.read("labels"))
     ds.delete_branch("qa")
     assert not user_location(f"{root}/_lakever/branches/qa.json", ds.root.options).exists()
+
+
+def test_a_switch_without_the_change_feed_reads_the_rows_that_differ(
+    ds: lv.Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the feed between two heads is gone (GC), the switch reads rows instead."""
+    from lakever import _changes, _mor
+
+    many = [f"g{i:04d}" for i in range(200)]
+    ds.add_frames(frames(many))
+    ds.upsert_labels(labels(many, per_frame=10))  # 2,000 rows: an edit marks, not rewrites
+    qa = ds.create_branch("qa")
+    ds.upsert_labels(labels(FIDS[:2], per_frame=1, cls="truck"))  # marks rows in old files
+    ds.delete_labels([f"{many[6]}-l0"])
+    assert ds.head.table_versions["labels"] > qa.head.table_versions["labels"]
+    want = _labels(qa)
+    calls = []
+    real = _mor._vector_differences
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args[3])
+        return real(*args, **kwargs)
+
+    def no_feed(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise lv.StorageError("change feed file gone")
+
+    monkeypatch.setattr(_changes, "cdf_change", no_feed)
+    monkeypatch.setattr(_mor, "_vector_differences", spy)
+    qa.upsert_labels(labels(FIDS[10:11], per_frame=1, cls="person"))
+    monkeypatch.undo()
+    assert calls, "the switch read the rows its vectors disagree on"
+    want[f"{FIDS[10]}-l0"] = ("person", 10.0, 30.0)
+    assert _labels(qa) == want
+    d = ds.diff("main", "qa").rows("labels")
+    assert set(d.filter(pl.col("change") == "modified")["label_id"]) >= {f"{FIDS[0]}-l0"}
