@@ -160,7 +160,7 @@ def test_four_writers_lose_nothing(
 ) -> None:
     _, options = lake_uri
     # moto answers one request at a time; fewer commits keep the S3 run in minutes
-    commits = 25 if backend == "local" else 8
+    commits = 25 if backend == "local" else 6
     ds = base_dataset(lake)
     acked = run_writers(lake, options, writers=4, commits=commits)
     log = ds.log()
@@ -416,7 +416,7 @@ def test_writers_on_different_branches_lose_nothing(
     lake: lv.Lake, lake_uri: tuple[str, dict[str, str]], backend: str
 ) -> None:
     _, options = lake_uri
-    commits = 6 if backend == "local" else 3
+    commits = 6 if backend == "local" else 2
     ds = base_dataset(lake)
     ds.create_branch("a")
     ds.create_branch("b")
@@ -441,6 +441,8 @@ def test_writers_on_different_branches_lose_nothing(
         want = {f"w{br}-{i:04d}-{k}" for i in range(commits) for k in range(3)}
         assert set(handle.read("frames")["frame_id"]) == want | {"shared-00000"}
         check_consistent(handle)
+    if backend != "local":
+        return  # the race of a merge with a commit is the protocol's, checked on local disk
     # a merge racing commits on its target includes them or retries, never drops them
     merger = spawn("merge-loop", lake.uri, "shared", "a", 3, options)
     writer = spawn("concurrent", lake.uri, "shared", "wm2", commits, options)
