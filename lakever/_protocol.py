@@ -26,6 +26,7 @@ import polars as pl
 from deltalake import DeltaTable
 
 from lakever import _claims, _compact, _delta, _mor, branches
+from lakever import _restore as _restore_mor
 from lakever._staging import OP_COLUMN, Stage, TableChange
 from lakever.commits import MAIN, OPEN, ChangeCounts, Commit, CommitLog
 from lakever.errors import (
@@ -524,7 +525,7 @@ def _restore(
     """Write the next version with the content of `version`, change feed exact."""
     if _mor.supports_vectors(loc, dt.version()):
         key = key_column(table_kind(table))
-        done = _mor.restore(dt, loc, version, claim, table=table, key=key)
+        done = _restore_mor.restore(dt, loc, version, claim, table=table, key=key)
         if done is not None:
             return done
     return _delta.restore(dt, version, claim)

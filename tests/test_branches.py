@@ -305,7 +305,7 @@ def test_a_switch_without_the_change_feed_reads_the_rows_that_differ(
     ds: lv.Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When the feed between two heads is gone (GC), the switch reads rows instead."""
-    from lakever import _changes, _mor
+    from lakever import _changes, _restore
 
     many = [f"g{i:04d}" for i in range(200)]
     ds.add_frames(frames(many))
@@ -316,7 +316,7 @@ def test_a_switch_without_the_change_feed_reads_the_rows_that_differ(
     assert ds.head.table_versions["labels"] > qa.head.table_versions["labels"]
     want = _labels(qa)
     calls = []
-    real = _mor._vector_differences
+    real = _restore._vector_differences
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(args[3])
@@ -326,7 +326,7 @@ def test_a_switch_without_the_change_feed_reads_the_rows_that_differ(
         raise lv.StorageError("change feed file gone")
 
     monkeypatch.setattr(_changes, "cdf_change", no_feed)
-    monkeypatch.setattr(_mor, "_vector_differences", spy)
+    monkeypatch.setattr(_restore, "_vector_differences", spy)
     qa.upsert_labels(labels(FIDS[10:11], per_frame=1, cls="person"))
     monkeypatch.undo()
     assert calls, "the switch read the rows its vectors disagree on"
