@@ -109,14 +109,14 @@ def test_view_reads_its_version_and_refuses_writes(ds: lv.Dataset) -> None:
 def test_snapshot_never_changes(ds: lv.Dataset) -> None:
     ds.create_snapshot("frozen")
     before = content_hash(ds.at("frozen"))
-    for i in range(100):
+    for i in range(60):  # past six checkpoints
         if i % 3 == 0:
             ds.upsert_labels(labels([f"f{i % 6:05d}"], cls=CLASSES[i % 4], start=i + 10))
         elif i % 3 == 1:
             ds.delete_labels([f"f{(i - 1) % 6:05d}-l{i + 9}"])
         else:
             ds.update_frames([{"frame_id": f"f{i % 6:05d}", "width": 100 + i}])
-    assert ds.head.seq == 102
+    assert ds.head.seq == 62
     assert content_hash(ds.at("frozen")) == before
     assert content_hash(ds.at("frozen")) != content_hash(ds)
 
