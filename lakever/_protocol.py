@@ -57,10 +57,6 @@ class _Busy(Exception):
     """A live writer holds a claim on a table we need."""
 
 
-class _Moved(Exception):
-    """The branch moved on past the point a fast-forward was decided at."""
-
-
 @dataclass
 class _Started:
     """A table this attempt began writing: where, and the version to undo back to."""
@@ -271,13 +267,17 @@ class CommitRunner:
 
         self.publish_record(make, what=f"mark branch {name!r} {state}")
 
-    def fast_forward(self, theirs: Commit, *, author: str, message: str) -> Commit:
-        """Move this branch's head to `theirs`'s content as a merge commit writing no table."""
+    def fast_forward(self, theirs: Commit, *, author: str, message: str) -> Commit | None:
+        """Move this branch's head to `theirs`'s content as a merge commit writing no table.
 
-        def make(glob: Commit) -> Commit:
+        Returns None, publishing nothing, when the branch moved past the point
+        where a fast-forward was possible (the merge then plans again).
+        """
+
+        def make(glob: Commit) -> Commit | None:
             ours = branches.writable_head(self._log, glob, self._branch, dataset=self._dataset)
             if not branches.is_ancestor(self._log, ours, theirs):
-                raise _Moved
+                return None
             return glob.successor(
                 ours,
                 branch=self._branch,
@@ -291,9 +291,7 @@ class CommitRunner:
                 meta={"merge": {"source": theirs.id, "fast_forward": True}},
             )
 
-        commit = self.publish_record(make, what=f"fast-forward branch {self._branch!r}")
-        assert commit is not None
-        return commit
+        return self.publish_record(make, what=f"fast-forward branch {self._branch!r}")
 
     def publish_tombstone(self, *, author: str) -> Commit | None:
         """Publish a commit that marks the dataset deleted (idempotent).

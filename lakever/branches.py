@@ -25,7 +25,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from lakever.commits import MAIN, OPEN, PUBLISHED, Commit, CommitLog
-from lakever.errors import BranchNotFoundError, InvalidNameError, ReadOnlyError
+from lakever.errors import (
+    BranchNotFoundError,
+    InvalidNameError,
+    ReadOnlyError,
+    SnapshotExistsError,
+)
 from lakever.names import check_snapshot_name
 
 if TYPE_CHECKING:
@@ -207,12 +212,11 @@ class Branching:
 
     def branch(self, name: str) -> Branch:
         """One branch by name (BranchNotFoundError if there is none)."""
-        for b in self.branches():
-            if b.name == name:
-                return b
-        glob = self._ds()._global_head()
-        head_of(self._ds()._log, glob, name, dataset=self._ds().name)  # raises
-        raise AssertionError("unreachable")
+        found = [b for b in self.branches() if b.name == name]
+        if not found:
+            ds = self._ds()
+            head_of(ds._log, ds._global_head(), name, dataset=ds.name)  # raises, naming them
+        return found[0]
 
     def delete_branch(self, name: str, *, author: str | None = None) -> None:
         """Delete a branch ('main' cannot be). Its commits stay until GC reclaims them."""
@@ -247,7 +251,9 @@ class Branching:
         check_snapshot_name(name)
         found = ds._tags.find(name)
         if found is not None and found.commit_id != ds.head.id:
-            ds.create_snapshot(name)  # raises: the name is another snapshot's
+            raise SnapshotExistsError(
+                f"a snapshot named {name!r} already exists at another commit; pick another name"
+            )
         # Closed first, then snapshotted: a crash in between leaves a closed
         # branch that running publish again snapshots.
         ds._runner.set_branch_state(ds.branch_name, PUBLISHED, author=author or _author())

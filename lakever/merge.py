@@ -27,6 +27,7 @@ merge commit that records theirs' table versions and writes no data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import polars as pl
 from lakever import _changes
 from lakever.branches import is_ancestor, merge_base
 from lakever.commits import ChangeCounts, Commit
-from lakever.errors import InvalidInputError, MergeConflictError, ValidationError
+from lakever.errors import InvalidInputError, MergeConflictError, RowError, ValidationError
 from lakever.history import row_json
 from lakever.schema import FRAMES, INFERENCES_PREFIX, LABELS, key_column, table_kind
 
@@ -138,8 +139,10 @@ def merge(
             commit = ds._runner.fast_forward(
                 theirs, author=author or default_author(), message=text
             )
+            if commit is None:
+                continue  # ours moved meanwhile: plan again
             return MergeResult(commit, True, counts)
-        try:
+        with contextlib.suppress(_Replan):
             return _three_way(
                 ds,
                 base,
@@ -153,12 +156,7 @@ def merge(
                 merged=theirs,
                 operation="merge",
             )
-        except _Replan:
-            continue
-    raise MergeConflictError(
-        f"branch {ds.branch_name!r} kept moving while merging; retry the merge",
-        pl.DataFrame(schema=CONFLICT_SCHEMA),
-    )
+    raise _moving(ds)
 
 
 def cherry_pick(
@@ -178,7 +176,7 @@ def cherry_pick(
         raise InvalidInputError(f"commit {commit.seq} has no parent: nothing to pick")
     parent = ds._log.get(parents[0])
     for _ in range(_MAX_REPLANS):
-        try:
+        with contextlib.suppress(_Replan):
             return _three_way(
                 ds,
                 parent,
@@ -192,10 +190,12 @@ def cherry_pick(
                 merged=None,
                 operation="cherry-pick",
             )
-        except _Replan:
-            continue
-    raise MergeConflictError(
-        f"branch {ds.branch_name!r} kept moving during the cherry-pick; retry it",
+    raise _moving(ds)
+
+
+def _moving(ds: Dataset) -> MergeConflictError:
+    return MergeConflictError(
+        f"branch {ds.branch_name!r} kept moving while merging into it; retry",
         pl.DataFrame(schema=CONFLICT_SCHEMA),
     )
 
@@ -449,27 +449,17 @@ def _labels_keep_their_frames(st: Stage, plans: list[_TablePlan]) -> None:
     if not gone:
         return
     frames = pl.Series("frame_id", gone, dtype=pl.String)
-    errors = []
-    for table in [LABELS]:
-        left = st.current_by(table, "frame_id", frames)
-        for label_id, frame_id in left.select("label_id", "frame_id").iter_rows():
-            errors.append((table, label_id, frame_id))
-    if errors:
-        from lakever.errors import RowError
-
-        raise ValidationError(
-            LABELS,
-            [
-                RowError(
-                    "missing_frame",
-                    label_id,
-                    "frame_id",
-                    frame_id,
-                    "the other side deleted this label's frame",
-                )
-                for _, label_id, frame_id in errors
-            ],
-        )
+    left = st.current_by(LABELS, "frame_id", frames)
+    if left.is_empty():
+        return
+    detail = "the other side deleted this label's frame"
+    raise ValidationError(
+        LABELS,
+        [
+            RowError("missing_frame", label_id, "frame_id", frame_id, detail)
+            for label_id, frame_id in left.select("label_id", "frame_id").iter_rows()
+        ],
+    )
 
 
 def _merge_pins(

@@ -23,6 +23,7 @@ import re
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from lakever.branches import ancestry, head_of
 from lakever.commits import Commit
 from lakever.errors import CommitNotFoundError, CorruptLakeError, InvalidRefError
 from lakever.tags import Snapshot
@@ -46,7 +47,8 @@ def resolve(ds: Dataset, ref: Ref) -> Commit:
         VersionPrunedError: garbage collection made that commit unreadable.
         SnapshotArchivedError: the snapshot is archived (unarchive it first).
     """
-    head = ds.head  # a deleted dataset resolves nothing
+    glob = ds._global_head()  # a deleted dataset resolves nothing
+    head = head_of(ds._log, glob, ds.branch_name, dataset=ds.name)
     snap = _snapshot_ref(ds, ref)
     if snap is not None:
         # a snapshot is a root: never pruned, but maybe archived
@@ -54,7 +56,7 @@ def resolve(ds: Dataset, ref: Ref) -> Commit:
 
         check_readable(ds, snap)
         return snapshot_commit(ds, snap)
-    commit = _resolve(ds, ref, head)
+    commit = _resolve(ds, ref, head, glob)
     if commit.seq != head.seq:
         ds._pruned.check(commit.seq)
     return commit
@@ -74,11 +76,11 @@ def _snapshot_ref(ds: Dataset, ref: Ref) -> Snapshot | None:
     return None
 
 
-def _resolve(ds: Dataset, ref: Ref, head: Commit) -> Commit:
+def _resolve(ds: Dataset, ref: Ref, head: Commit, glob: Commit) -> Commit:
     if isinstance(ref, View):
         if not ref.dataset.same_dataset(ds):
             raise _foreign(ds, ref, f"a view of dataset {ref.dataset.name!r}")
-        return _resolve(ds, ref.commit, head)
+        return _resolve(ds, ref.commit, head, glob)
     if isinstance(ref, Commit):
         return _own_commit(ds, ref)
     if isinstance(ref, bool):
@@ -89,23 +91,20 @@ def _resolve(ds: Dataset, ref: Ref, head: Commit) -> Commit:
             raise InvalidRefError(f"commit seq {seq} is negative; seqs start at 0")
         return ds._log.get(seq)
     if isinstance(ref, datetime):
-        return _at_time(ds, ref, head)
+        return _at_time(ds, ref, head, glob)
     if not isinstance(ref, str):
         raise InvalidRefError(
             f"cannot use a {type(ref).__name__} as a ref ({ref!r}): give a snapshot name, "
             "commit id or seq, a datetime, or a Commit, Snapshot or View of this dataset"
         )
-    return _resolve_text(ds, ref, head)
+    return _resolve_text(ds, ref, head, glob)
 
 
-def _resolve_text(ds: Dataset, ref: str, head: Commit) -> Commit:
+def _resolve_text(ds: Dataset, ref: str, head: Commit, glob: Commit) -> Commit:
     text = ref.strip()  # not a snapshot name: `resolve` looked for one first
     if text.upper() == "HEAD":
         return head
-    glob = ds._global_head()
     if text in glob.branch_table():
-        from lakever.branches import head_of
-
         return head_of(ds._log, glob, text, dataset=ds.name)
     if text.isascii() and text.isdigit():
         try:
@@ -124,7 +123,7 @@ def _resolve_text(ds: Dataset, ref: str, head: Commit) -> Commit:
         except ValueError:
             pass
         else:
-            return _at_time(ds, when, head)
+            return _at_time(ds, when, head, glob)
     raise InvalidRefError(
         f"{ref!r} is not a snapshot, commit id, commit seq or ISO time of dataset "
         f"{ds.name!r}; `lakever snapshot list {ds.name}` and `lakever log {ds.name}` "
@@ -132,12 +131,11 @@ def _resolve_text(ds: Dataset, ref: str, head: Commit) -> Commit:
     )
 
 
-def _at_time(ds: Dataset, when: datetime, head: Commit) -> Commit:
+def _at_time(ds: Dataset, when: datetime, head: Commit, glob: Commit) -> Commit:
     """The newest commit of the handle's branch (its ancestry) at or before `when`."""
     found = ds._log.at_time(when)
-    if len(ds._global_head().branch_table()) == 1:
+    if len(glob.branch_table()) == 1:
         return found  # one line of history: the log's order is the branch's
-    from lakever.branches import ancestry
 
     for commit in ancestry(ds._log, head):
         if commit.seq <= found.seq:
