@@ -333,3 +333,24 @@ def test_a_switch_without_the_change_feed_reads_the_rows_that_differ(
     assert _labels(qa) == want
     d = ds.diff("main", "qa").rows("labels")
     assert set(d.filter(pl.col("change") == "modified")["label_id"]) >= {f"{FIDS[0]}-l0"}
+
+
+def test_a_fast_forward_racing_a_commit_on_its_target_merges_it_instead(
+    ds: lv.Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    qa = ds.create_branch("qa")
+    qa.upsert_labels(labels(FIDS[:1], per_frame=1, cls="person"))
+    other = ds.on_branch("main")  # another writer on main
+    real = type(ds._runner).fast_forward
+    raced = []
+
+    def racing(self, theirs, **kwargs):  # type: ignore[no-untyped-def]
+        if not raced:  # a commit lands on main between planning and publishing
+            raced.append(other.upsert_labels(labels(FIDS[9:10], per_frame=1, cls="bike")))
+        return real(self, theirs, **kwargs)
+
+    monkeypatch.setattr(type(ds._runner), "fast_forward", racing)
+    result = ds.merge("qa")
+    assert raced and not result.fast_forward and len(result.commit.parents) == 2
+    got = _labels(ds)
+    assert got[f"{FIDS[0]}-l0"][0] == "person" and got[f"{FIDS[9]}-l0"][0] == "bike"
