@@ -13,7 +13,8 @@ benchmark (0.1% modified, 0.05% deleted, 0.05% inserted per commit):
 - ``merge`` of ``qa`` into main (no conflicts) and of ``qc`` (1% of its touched
   keys also changed on main, resolved to theirs), each in its own process for
   its time and peak memory, against the idle size of a process that opened the
-  dataset;
+  dataset and read one row of each table (warm, as the edits it is compared
+  with, which run in a process that has read the dataset);
 - ``diff("main", "qa")`` (summary and rows) against the diff of main's own 10
   commits on its one line (``diff(s0, main)``);
 - a full read of the branch head against a read of main (about the same rows).
@@ -71,6 +72,8 @@ def _child_merge(root: Path, target: str, source: str) -> dict[str, Any]:
     code = (
         "import lakever as lv\n"
         "ds = lv.connect(args['root']).dataset('bench')\n"
+        "import pyarrow.parquet\n"  # warm, as the edits measured in a running process
+        "ds.scan('labels').head(1).collect(); ds.scan('frames').head(1).collect()\n"
         "idle = _peak_rss()\n"
         "t = time.perf_counter()\n"
         "r = ds.merge(args['source'], on_conflict='theirs')\n"

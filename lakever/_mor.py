@@ -126,10 +126,14 @@ def write_edit(
     positions = edit.positions
     touched = pl.concat([edit.updates[edit.key], edit.deletes[edit.key]])
     if edit.positions_version != base:
-        # Files changed since the lookup (a neutralised orphan, maintenance from
-        # outside): find the rows again where they are now.
-        found = lookup(loc, base, edit.key, touched, table=table, schema=schema)
-        positions = found.select(edit.key, FILE_COLUMN, POS_COLUMN)
+        # The table moved since the lookup (a branch switch, a neutralised
+        # orphan, maintenance from outside): rows still live where they were
+        # found stay there; find the others again where they are now.
+        positions = _still_placed(loc, files, positions)
+        lost = touched.filter(~touched.is_in(positions[edit.key].implode()))
+        if not lost.is_empty():
+            found = lookup(loc, base, edit.key, lost, table=table, schema=schema)
+            positions = pl.concat([positions, found.select(positions.columns)])
     if positions.height != touched.len() or positions[edit.key].n_unique() != touched.len():
         # Every replaced or deleted row must be marked exactly once, or a key
         # would be live twice (or a delete lost): refuse rather than corrupt.
@@ -200,6 +204,27 @@ def after_publish(dt: DeltaTable, loc: Location, files: _deltalog.TableFiles) ->
 class _Mark:
     rows: BitMap64  # every deleted position after this commit
     rewrite: bool
+
+
+def _still_placed(
+    loc: Location, files: _deltalog.TableFiles, positions: pl.DataFrame
+) -> pl.DataFrame:
+    """The `positions` whose row is still live: its file is in the table, its vector spares it.
+
+    Files never change, so a row found at a position still holds that key;
+    while it is live it is the key's only live row (keys are unique).
+    """
+    kept = []
+    for (path,), group in positions.group_by(FILE_COLUMN, maintain_order=True):
+        add = files.adds.get(str(path))
+        if add is None:
+            continue
+        dv = add.get("deletionVector")
+        if dv:
+            dead = pl.Series(list(_deltalog.read_vector(loc, dv)), dtype=pl.Int64)
+            group = group.filter(~pl.col(POS_COLUMN).cast(pl.Int64).is_in(dead.implode()))
+        kept.append(group)
+    return pl.concat([positions.clear(), *kept])
 
 
 def _mark(

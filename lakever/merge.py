@@ -255,6 +255,11 @@ def _three_way(
             if plan.drop:
                 st.restore_table(plan.table, None)
                 continue
+            key = _key(plan.table)
+            # one read of every touched key's base row (and where it lives),
+            # which the delete, the put and the write then share
+            touched = plan.deletes + [row[key] for row in plan.upserts]
+            st.base_rows(plan.table, pl.Series(key, touched, dtype=pl.String))
             if plan.deletes:
                 st.delete(plan.table, plan.deletes, missing_ok=True)
             if plan.upserts:

@@ -354,3 +354,56 @@ def test_a_fast_forward_racing_a_commit_on_its_target_merges_it_instead(
     assert raced and not result.fast_forward and len(result.commit.parents) == 2
     got = _labels(ds)
     assert got[f"{FIDS[0]}-l0"][0] == "person" and got[f"{FIDS[9]}-l0"][0] == "bike"
+
+
+def test_a_commit_after_a_switch_finds_its_rows_where_it_found_them(
+    ds: lv.Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The switch puts back the branch's own files and vectors: no row is looked up again."""
+    from lakever import _mor
+
+    qa = ds.create_branch("qa")
+    moved, kept = f"{FIDS[1]}-l0", f"{FIDS[2]}-l0"
+    gone_on_main = f"{FIDS[3]}-l1"
+    ds.upsert_labels(labels([FIDS[1]], per_frame=1, cls="truck"))
+    ds.delete_labels([gone_on_main])
+    asked: list[list[str]] = []
+    real = _mor.lookup
+
+    def spy(loc, version, column, values, **kw):  # type: ignore[no-untyped-def]
+        asked.append(sorted(values.to_list()))
+        return real(loc, version, column, values, **kw)
+
+    monkeypatch.setattr(_mor, "lookup", spy)
+    with qa.transaction() as tx:
+        tx.upsert_labels(labels([FIDS[1], FIDS[2]], per_frame=1, cls="person"))
+        tx.delete_labels([gone_on_main])
+    assert asked == []
+    got = qa.read("labels")
+    assert got["label_id"].n_unique() == got.height == len(FIDS) * 2 - 1
+    rows = _labels(qa)
+    assert rows[moved][0] == rows[kept][0] == "person" and gone_on_main not in rows
+    main_rows = _labels(ds)
+    assert main_rows[moved][0] == "truck" and main_rows[kept][0] == "car"
+    assert gone_on_main not in main_rows and main_rows[f"{FIDS[4]}-l0"] == rows[f"{FIDS[4]}-l0"]
+
+
+def test_positions_found_earlier_keep_only_rows_still_live_there(ds: lv.Dataset) -> None:
+    """A lookup at one version stays valid at a later one for rows no edit touched."""
+    from lakever import _deltalog, _feed, _mor
+
+    loc = ds.table_location("labels")
+    before = ds.head.table_versions["labels"]
+    keys = [f"{f}-l0" for f in FIDS[:4]]
+    schema = dict(ds.read("labels").schema)
+    found = _feed.lookup(loc, before, "label_id", pl.Series(keys), table="labels", schema=schema)
+    positions = found.select("label_id", _feed.FILE_COLUMN, _feed.POS_COLUMN)
+    ds.delete_labels([keys[0]])
+    ds.upsert_labels(labels([FIDS[1]], per_frame=1, cls="truck"))
+    after = _deltalog.files_at(loc, ds.head.table_versions["labels"])
+    still = _mor._still_placed(loc, after, positions)
+    assert sorted(still["label_id"].to_list()) == keys[2:]
+    now = _feed.lookup(
+        loc, after.version, "label_id", pl.Series(keys[2:]), table="labels", schema=schema
+    )
+    assert still.sort("label_id").rows() == now.select(still.columns).sort("label_id").rows()
