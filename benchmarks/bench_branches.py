@@ -64,7 +64,8 @@ def _conflicting(e: Edit, main_mod: pl.DataFrame, share: float) -> Edit:
     """`e` with `share` of its modified keys replaced by keys main modified, set otherwise."""
     n = max(1, int(e.modified.height * share))
     clash = main_mod.head(n).with_columns(cls=pl.lit("bus"), x=pl.col("x") + 7.0)
-    modified = pl.concat([e.modified.tail(e.modified.height - n), clash.select(e.modified.columns)])
+    rest = e.modified.tail(e.modified.height - n).join(clash, on="label_id", how="anti")
+    modified = pl.concat([rest, clash.select(e.modified.columns)])
     return Edit(modified, e.deleted, e.inserted)
 
 
