@@ -164,8 +164,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def is_live(info: Mapping[str, Any], head_seq: int) -> bool:
-    """Whether a table version past HEAD (its commit info) may still be published."""
+def is_live(info: Mapping[str, Any], head_seq: int, *, max_age: float | None = None) -> bool:
+    """Whether a table version past HEAD (its commit info) may still be published.
+
+    `max_age`: seconds after which a claim from another host counts as
+    abandoned (default `$LAKEVER_CLAIM_TIMEOUT`, 60 s).
+    """
     try:
         seq = int(info.get(META_SEQ, -1))
     except ValueError:
@@ -186,4 +190,5 @@ def is_live(info: Mapping[str, Any], head_seq: int) -> bool:
                 return held
         return _pid_alive(int(pid_text))
     stamp = float(info.get("timestamp", 0)) / 1000.0
-    return time.time() - stamp < env_seconds(CLAIM_TIMEOUT_ENV, 60.0)
+    limit = env_seconds(CLAIM_TIMEOUT_ENV, 60.0) if max_age is None else max_age
+    return time.time() - stamp < limit

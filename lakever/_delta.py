@@ -145,6 +145,22 @@ def forget(prefix: str) -> None:
         )
 
 
+def header_actions(
+    loc: Location, version: int, metadata: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The `protocol` (of `loc` at `version`) and `metaData` actions that open a new log."""
+    proto = open_at(loc, version).protocol()
+    protocol: dict[str, Any] = {
+        "minReaderVersion": proto.min_reader_version,
+        "minWriterVersion": proto.min_writer_version,
+    }
+    if proto.reader_features:
+        protocol["readerFeatures"] = list(proto.reader_features)
+    if proto.writer_features:
+        protocol["writerFeatures"] = list(proto.writer_features)
+    return [{"protocol": protocol}, {"metaData": dict(metadata)}]
+
+
 def table_at(loc: Location, version: int) -> DeltaTable:
     """A shared, read-only table object at an exact version (cached: versions never change)."""
     key = _key(loc, version)

@@ -31,7 +31,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -362,17 +362,26 @@ def _write_vectors(
     written: list[Location],
 ) -> list[dict[str, Any]]:
     """Remove every marked file; add back those kept, with their new vectors."""
-    kept = [(path, m) for path, m in sorted(marks.items()) if not m.rewrite]
-    blobs = [_deltalog.encode_vector(m.rows) for _, m in kept]
-    file_id = uuid.uuid4()
-    if kept:
-        content, offsets = _deltalog.vector_file(blobs)
-        target = loc.child(f"deletion_vector_{file_id}.bin")
-        written.append(target)
-        target.put(content)
+    kept = [(files.adds[path], m.rows) for path, m in sorted(marks.items()) if not m.rewrite]
     actions: list[dict[str, Any]] = [remove_action(files.adds[p], now) for p in sorted(marks)]
-    for (path, mark), blob, offset in zip(kept, blobs, offsets if kept else [], strict=True):
-        add = {k: v for k, v in files.adds[path].items() if k != "deletionVector"}
+    return actions + [{"add": a} for a in vector_adds(loc, kept, written)]
+
+
+def vector_adds(
+    loc: Location, files: Sequence[tuple[Mapping[str, Any], BitMap64]], written: list[Location]
+) -> list[dict[str, Any]]:
+    """`add` actions of `files` with these deleted rows, their vectors in one new file of `loc`."""
+    if not files:
+        return []
+    blobs = [_deltalog.encode_vector(rows) for _, rows in files]
+    file_id = uuid.uuid4()
+    content, offsets = _deltalog.vector_file(blobs)
+    target = loc.child(f"deletion_vector_{file_id}.bin")
+    written.append(target)
+    target.put(content)
+    adds = []
+    for (old, rows), blob, offset in zip(files, blobs, offsets, strict=True):
+        add = {k: v for k, v in old.items() if k != "deletionVector"}
         st = _deltalog.stats(add)
         if st:
             st["tightBounds"] = False
@@ -383,10 +392,10 @@ def _write_vectors(
             "pathOrInlineDv": _deltalog.vector_id(file_id),
             "offset": offset,
             "sizeInBytes": len(blob),
-            "cardinality": len(mark.rows),
+            "cardinality": len(rows),
         }
-        actions.append({"add": add})
-    return actions
+        adds.append(add)
+    return adds
 
 
 def remove_action(add: Mapping[str, Any], now: int, *, data_change: bool = True) -> dict[str, Any]:

@@ -279,16 +279,7 @@ def copy_table_version(src: Location, version: int, dst: Location) -> int:
     for rel in _live_paths(files):
         _copy(src.child(rel), dst.child(rel))
     copied = sum(int(add.get("size") or 0) for add in files.adds.values())
-    proto = _delta.open_at(src, version).protocol()
-    protocol: dict[str, Any] = {
-        "minReaderVersion": proto.min_reader_version,
-        "minWriterVersion": proto.min_writer_version,
-    }
-    if proto.reader_features:
-        protocol["readerFeatures"] = list(proto.reader_features)
-    if proto.writer_features:
-        protocol["writerFeatures"] = list(proto.writer_features)
-    actions: list[dict[str, Any]] = [{"protocol": protocol}, {"metaData": dict(files.metadata)}]
+    actions = _delta.header_actions(src, version, files.metadata)
     actions += [{"add": {**add, "dataChange": True}} for add in files.adds.values()]
     actions.append(
         {

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lakever import _delta
+from lakever import _building, _delta
 from lakever._progress import phase
 from lakever._protocol import DELETE_OPERATION, EDIT_MODES, MERGE_ON_READ
 from lakever.archive import ArchiveSettings, settings
@@ -37,6 +37,9 @@ from lakever.names import check_dataset_name
 from lakever.schema import normalize_classes
 from lakever.storage import Location, resolve_uri
 from lakever.uploads import Upload
+
+if TYPE_CHECKING:
+    from lakever.refs import Ref
 
 log = logging.getLogger("lakever")
 
@@ -142,9 +145,15 @@ class Lake:
             hint = f"; datasets here: {', '.join(known[:10])}" if known else "; the lake is empty"
             raise DatasetNotFoundError(f"no dataset named {name!r} in {self.uri}{hint}")
         try:
-            return DatasetInfo.from_json(data)
+            info = DatasetInfo.from_json(data)
         except (ValueError, KeyError) as exc:
             raise CorruptLakeError(f"{path.uri} is unreadable: {exc}") from exc
+        if info.creating:
+            raise DatasetNotFoundError(
+                f"dataset {name!r} in {self.uri} is still being built (a clone or a merge of "
+                "datasets under way), or its build was interrupted; it appears when complete"
+            )
+        return info
 
     def _names(self) -> list[str]:
         return self.root.child(DATASETS_DIR).list_names()
@@ -164,7 +173,12 @@ class Lake:
                 out.append(_Entry(name, None, None, None, reason))
                 continue
             try:
-                ds = self._open(root, DatasetInfo.from_json(data))
+                info = DatasetInfo.from_json(data)
+                if info.creating:
+                    reason = "being built (a clone or merge of datasets), or the build stopped"
+                    out.append(_Entry(name, None, None, None, reason))
+                    continue
+                ds = self._open(root, info)
                 head = ds._log.head()
             except (ValueError, KeyError, CorruptLakeError, DatasetNotFoundError) as exc:
                 out.append(_Entry(name, None, None, None, f"unreadable metadata: {exc}"))
@@ -231,7 +245,9 @@ class Lake:
                 f"did not finish; run lake.delete_dataset({name!r}) (or `lakever delete {name} "
                 "--yes`) to finish it, then create the dataset again"
             )
-        if not marker.put_if_absent(info.to_json()):
+        if not marker.put_if_absent(info.to_json()) and not (
+            _building.clear_abandoned(self, name) and marker.put_if_absent(info.to_json())
+        ):
             if exist_ok:
                 ds = self.dataset(name)
                 if ds._log.head() is None:
@@ -254,6 +270,69 @@ class Lake:
         """
         ds = self._open(self._dataset_root(name), self._info(name))
         return ds if branch is None or branch == "main" else ds.on_branch(branch)
+
+    def clone_dataset(
+        self,
+        source: str,
+        new: str,
+        *,
+        at: Ref | None = None,
+        frames: pl.Expr | None = None,
+        labels: pl.Expr | None = None,
+        inferences: bool | Sequence[str] = True,
+        snapshots: bool = False,
+        project: str | None = None,
+        tags: Sequence[str] = (),
+        description: str = "",
+        creator: str | None = None,
+    ) -> Dataset:
+        """A new dataset holding `source` at `at` (filtered), sharing its files, not copying rows.
+
+        Data files are hard links locally and server-side copies on S3; rows
+        the filters drop are masked with deletion vectors or their files
+        rewritten (see `lakever.clone`). The clone is self-contained under its
+        own prefix: it keeps working when the source is deleted or collected.
+
+        Args:
+            source: the source dataset's name.
+            new: the clone's name.
+            at: any ref of the source (default: its main head).
+            frames: keep only frames for which this Polars expression is true;
+                their labels and inference rows go with them.
+            labels: keep only labels for which this expression is true.
+            inferences: True (every set), False (none), or the set names.
+            snapshots: also bring every snapshot at or before `at` (filtered alike).
+            project: the clone's project.
+            tags: its tags.
+            description: its description.
+            creator: recorded creator (default: $LAKEVER_AUTHOR or the OS user).
+
+        Raises:
+            DatasetExistsError: `new` is taken (nothing is created).
+            DatasetNotFoundError: `source` does not exist.
+            InvalidInputError: a filter names a column the table lacks, or an
+                inference set the ref does not have.
+
+        Example:
+            >>> dogs = lake.clone_dataset(  # doctest: +SKIP
+            ...     "street", "street-dogs", labels=pl.col("cls").is_in(["dog"]))
+        """
+        from lakever.clone import clone_dataset
+
+        return clone_dataset(
+            self,
+            source,
+            new,
+            at=at,
+            frames=frames,
+            labels=labels,
+            inferences=inferences,
+            snapshots=snapshots,
+            project=project,
+            tags=tags,
+            description=description,
+            creator=creator,
+        )
 
     def import_coco(
         self,

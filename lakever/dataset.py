@@ -54,6 +54,7 @@ from lakever.view import TableReader, View
 
 if TYPE_CHECKING:
     from lakever.catalog import Lake
+    from lakever.clone import ClonedFrom
 
 
 class Dataset(DataIO, Review, Lifecycle, Snapshots, Branching, TableReader):
@@ -133,6 +134,13 @@ class Dataset(DataIO, Review, Lifecycle, Snapshots, Branching, TableReader):
     def created_at(self) -> datetime:
         """When the dataset was created."""
         return self.info.created_at
+
+    @property
+    def cloned_from(self) -> ClonedFrom | None:
+        """For a clone: the source dataset's name and id, and the commit it was cloned at."""
+        from lakever.clone import cloned_from
+
+        return cloned_from(self.info)
 
     @property
     def edited_at(self) -> datetime:

@@ -1,7 +1,10 @@
 """What a dataset is: its identity and description, fixed at creation.
 
 Stored as ``<dataset>/_lakever/dataset.json``, written once with
-put-if-absent, which makes creation of a name atomic.
+put-if-absent, which makes creation of a name atomic. A dataset built in
+several steps (a clone, a merge of datasets) first writes it with a
+``creating`` claim, which hides the dataset until the last step rewrites it
+without one; a claim whose writer died marks leftovers anyone may remove.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ import getpass
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from lakever.commits import now_utc
 
@@ -41,6 +46,10 @@ class DatasetInfo:
         edits: how updates and deletes are written: "merge-on-read" (deletion
             vectors) or "copy-on-write" (files rewritten; datasets made before
             lakever recorded it keep this).
+        origin: where its first commit came from, for a clone or a merge of
+            datasets (sources, their ids and commits); None otherwise.
+        creating: while a clone or merge builds it, the builder's claim
+            (`lakever._claims`): the dataset is not visible yet.
     """
 
     name: str
@@ -52,6 +61,8 @@ class DatasetInfo:
     classes: tuple[str, ...]
     id: str | None = None
     edits: str = "copy-on-write"
+    origin: Mapping[str, Any] | None = None
+    creating: Mapping[str, Any] | None = None
 
     @classmethod
     def new(
@@ -89,6 +100,8 @@ class DatasetInfo:
                 "created_at": self.created_at.isoformat(),
                 "classes": list(self.classes),
                 "edits": self.edits,
+                **({"origin": dict(self.origin)} if self.origin else {}),
+                **({"creating": dict(self.creating)} if self.creating else {}),
             },
             sort_keys=True,
         ).encode()
@@ -107,4 +120,6 @@ class DatasetInfo:
             classes=tuple(d.get("classes", ())),
             id=d.get("id"),
             edits=d.get("edits", "copy-on-write"),
+            origin=d.get("origin"),
+            creating=d.get("creating"),
         )

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import posixpath
+import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -329,6 +330,27 @@ class Location:
         except Exception as exc:
             raise storage_error("delete objects under", self.uri, exc) from exc
 
+    def copy_many(self, pairs: list[tuple[Location, Location]]) -> None:
+        """Copy objects without moving their bytes through this process.
+
+        Locally each is a hard link (a copy where the filesystem refuses one);
+        on S3 a server-side ``CopyObject`` (several at once). A target that
+        exists already is left as it is: callers copy immutable files to
+        names they alone use, so it is this copy, made before.
+        """
+        if not pairs:
+            return
+        try:
+            if self.is_local:
+                for src, dst in pairs:
+                    _link_or_copy(src.path, dst.path)
+            else:
+                self.fs.copy([s.path for s, _ in pairs], [d.path for _, d in pairs])
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise storage_error("copy objects into", self.uri, exc) from exc
+
     def remove_tree(self) -> None:
         """Delete everything at and below this location."""
         try:
@@ -356,6 +378,25 @@ def storage_error(verb: str, uri: str, exc: BaseException) -> StorageError:
     elif isinstance(exc, OSError) and exc.errno == 30:
         hint = "; the file system is read-only"
     return StorageError(f"cannot {verb} {uri}: {type(exc).__name__}: {text}{hint}")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not os.path.exists(src):
+            raise
+        # another filesystem, or one without hard links: copy, then rename into place
+        tmp = os.path.join(os.path.dirname(dst), f".tmp-{uuid.uuid4().hex}")
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _local_put_if_absent(path: str, data: bytes) -> bool:

@@ -153,6 +153,11 @@ def main() -> int:
         lake.delete_dataset(name, force=True)
         say("DELETED")
         return 0
+    if mode == "clone":  # clone dataset NAME as WRITER, with its snapshots
+        say("READY")
+        lake.clone_dataset(name, writer, snapshots=True)
+        say("CLONED")
+        return 0
     ds = lake.dataset(name, branch=os.environ.get("LAKEVER_TEST_BRANCH") or None)
     say("READY")
     if mode == "merge-loop":  # merge branch WRITER into the handle's branch, COUNT times
