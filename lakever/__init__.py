@@ -12,11 +12,14 @@ Example:
 from lakever import archive
 from lakever.branches import Branch
 from lakever.catalog import Lake, connect
+from lakever.clone import ClonedFrom
 from lakever.commits import ChangeCounts, Commit
 from lakever.dataset import Dataset
 from lakever.diff import ClassChanges, Diff, diff
+from lakever.dsmerge import DatasetMergeReport
 from lakever.errors import (
     BranchNotFoundError,
+    ClassMapMismatchError,
     CommitNotFoundError,
     ConflictError,
     CorruptLakeError,
@@ -63,6 +66,9 @@ __all__ = [
     "archive",
     "ChangeCounts",
     "ClassChanges",
+    "ClassMapMismatchError",
+    "ClonedFrom",
+    "DatasetMergeReport",
     "Commit",
     "BranchNotFoundError",
     "CommitNotFoundError",

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
@@ -21,6 +21,7 @@ from lakever import _building, _delta
 from lakever._progress import phase
 from lakever._protocol import DELETE_OPERATION, EDIT_MODES, MERGE_ON_READ
 from lakever.archive import ArchiveSettings, settings
+from lakever.combining import LakeCombining
 from lakever.commits import aware
 from lakever.dataset import Dataset
 from lakever.errors import (
@@ -37,9 +38,6 @@ from lakever.names import check_dataset_name
 from lakever.schema import normalize_classes
 from lakever.storage import Location, resolve_uri
 from lakever.uploads import Upload
-
-if TYPE_CHECKING:
-    from lakever.refs import Ref
 
 log = logging.getLogger("lakever")
 
@@ -98,7 +96,7 @@ def like_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
-class Lake:
+class Lake(LakeCombining):
     """A lake of datasets under one root URI.
 
     Example:
@@ -270,69 +268,6 @@ class Lake:
         """
         ds = self._open(self._dataset_root(name), self._info(name))
         return ds if branch is None or branch == "main" else ds.on_branch(branch)
-
-    def clone_dataset(
-        self,
-        source: str,
-        new: str,
-        *,
-        at: Ref | None = None,
-        frames: pl.Expr | None = None,
-        labels: pl.Expr | None = None,
-        inferences: bool | Sequence[str] = True,
-        snapshots: bool = False,
-        project: str | None = None,
-        tags: Sequence[str] = (),
-        description: str = "",
-        creator: str | None = None,
-    ) -> Dataset:
-        """A new dataset holding `source` at `at` (filtered), sharing its files, not copying rows.
-
-        Data files are hard links locally and server-side copies on S3; rows
-        the filters drop are masked with deletion vectors or their files
-        rewritten (see `lakever.clone`). The clone is self-contained under its
-        own prefix: it keeps working when the source is deleted or collected.
-
-        Args:
-            source: the source dataset's name.
-            new: the clone's name.
-            at: any ref of the source (default: its main head).
-            frames: keep only frames for which this Polars expression is true;
-                their labels and inference rows go with them.
-            labels: keep only labels for which this expression is true.
-            inferences: True (every set), False (none), or the set names.
-            snapshots: also bring every snapshot at or before `at` (filtered alike).
-            project: the clone's project.
-            tags: its tags.
-            description: its description.
-            creator: recorded creator (default: $LAKEVER_AUTHOR or the OS user).
-
-        Raises:
-            DatasetExistsError: `new` is taken (nothing is created).
-            DatasetNotFoundError: `source` does not exist.
-            InvalidInputError: a filter names a column the table lacks, or an
-                inference set the ref does not have.
-
-        Example:
-            >>> dogs = lake.clone_dataset(  # doctest: +SKIP
-            ...     "street", "street-dogs", labels=pl.col("cls").is_in(["dog"]))
-        """
-        from lakever.clone import clone_dataset
-
-        return clone_dataset(
-            self,
-            source,
-            new,
-            at=at,
-            frames=frames,
-            labels=labels,
-            inferences=inferences,
-            snapshots=snapshots,
-            project=project,
-            tags=tags,
-            description=description,
-            creator=creator,
-        )
 
     def import_coco(
         self,

@@ -31,6 +31,7 @@ from lakever.archive import (
     SnapshotStates,
 )
 from lakever.branches import Branching
+from lakever.combining import DatasetCombining
 from lakever.commits import MAIN, ChangeCounts, Commit, CommitLog
 from lakever.dataio import DataIO
 from lakever.diff import Diff
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
     from lakever.clone import ClonedFrom
 
 
-class Dataset(DataIO, Review, Lifecycle, Snapshots, Branching, TableReader):
+class Dataset(DataIO, Review, Lifecycle, Snapshots, Branching, DatasetCombining, TableReader):
     """A versioned dataset of frames, labels and inference sets.
 
     Reads go to HEAD; each write method is one atomic commit. Use `at` for any

@@ -207,3 +207,16 @@ class MergeConflictError(ConflictError):
     def __init__(self, message: str, conflicts: Any) -> None:
         super().__init__(message)
         self.conflicts = conflicts
+
+
+class ClassMapMismatchError(InvalidInputError):
+    """Datasets to merge have different class maps that no remapping reconciles.
+
+    Attributes:
+        differences: one entry per class not every source has: ``class``,
+            ``in`` (the sources that have it) and ``missing_from``.
+    """
+
+    def __init__(self, message: str, differences: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.differences = differences

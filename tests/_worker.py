@@ -153,6 +153,11 @@ def main() -> int:
         lake.delete_dataset(name, force=True)
         say("DELETED")
         return 0
+    if mode == "merge-datasets":  # merge NAME and vendor-b into WRITER
+        say("READY")
+        lake.merge_datasets([name, "vendor-b"], writer)
+        say("MERGED")
+        return 0
     if mode == "clone":  # clone dataset NAME as WRITER, with its snapshots
         say("READY")
         lake.clone_dataset(name, writer, snapshots=True)

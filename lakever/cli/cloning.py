@@ -68,3 +68,52 @@ def clone_cmd(
         return
     detail = ", ".join(f"{n:,} {t}" for t, n in sorted(rows.items()))
     o.out.print(f"cloned {source} into {new} at commit {head.seq}: {detail}", markup=False)
+
+
+def parse_maps(items: list[str]) -> dict[str, dict[str, str]]:
+    """``SRC:FROM=TO`` options as {source: {from: to}}."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        source, sep, pair = item.partition(":")
+        old, eq, new = pair.partition("=")
+        if not (sep and eq and source and old and new):
+            raise lv.InvalidInputError(f"--map takes SOURCE:FROM=TO, got {item!r}")
+        out.setdefault(source, {})[old] = new
+    return out
+
+
+@app.command("merge-datasets")
+@_guard
+def merge_datasets_cmd(
+    sources: Annotated[list[str], typer.Argument(metavar="SRC...", help="Datasets to merge.")],
+    into: Annotated[str, typer.Option("--into", help="Name of the new dataset.")],
+    uri: Uri = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+    maps: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="Rename a class of one source: SRC:FROM=TO (repeatable)."),
+    ] = None,
+    on_collision: Annotated[
+        str,
+        typer.Option(help="A key with different rows in two sources: error, skip or suffix."),
+    ] = "error",
+) -> None:
+    """Merge datasets into a new one: class maps checked, equal frames kept once."""
+    report = lv.connect(uri).merge_datasets(
+        sources, into, class_map=parse_maps(maps or []), on_collision=on_collision
+    )
+    rows = {t: c.added for t, c in report.counts.items()}
+    if json_out:
+        o.emit_json({"dataset": into, "commit": report.commit.seq, "rows": rows,
+                     "deduplicated": dict(report.deduplicated),
+                     "remapped": report.remapped.to_dicts(),
+                     "collisions": report.collisions.to_dicts()})  # fmt: skip
+        return
+    detail = ", ".join(f"{n:,} {t}" for t, n in sorted(rows.items()))
+    dedup = sum(report.deduplicated.values())
+    o.out.print(
+        f"merged {', '.join(sources)} into {into}: {detail}; {dedup:,} duplicate rows kept once, "
+        f"{report.collisions.height} collision(s) ({on_collision})",
+        markup=False,
+    )
