@@ -4,6 +4,8 @@ python benchmarks/run.py                 # full sizes (10M labels; needs ~10 GiB
 python benchmarks/run.py --quick         # small sizes, a smoke run
 python benchmarks/run.py --only core   # or --only diff, --only edits (1M and 5M labels),
                                        # --only branches (1M and 5M labels, with Lance),
+                                       # --only clone (clones at 1M and 5M labels, local
+                                       #   and S3; merging two 1M-label datasets),
                                        # --only ingest (streaming 1M labels, COCO 1M boxes),
                                        # --only review (evaluation vs pycocotools, segments)
                                        # --only lifecycle (GC after 100 edits at 5M labels,
@@ -28,6 +30,7 @@ import polars as pl
 import lakever
 from benchmarks import (
     bench_branches,
+    bench_clone,
     bench_core,
     bench_diff,
     bench_edits,
@@ -45,7 +48,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument(
         "--only",
-        choices=["core", "diff", "edits", "ingest", "review", "lifecycle", "branches"],
+        choices=["core", "diff", "edits", "ingest", "review", "lifecycle", "branches", "clone"],
         action="append",
         help="run only these suites",
     )
@@ -96,6 +99,13 @@ def main() -> int:
         elif suite == "branches":
             sizes = [100_000] if args.quick else [1_000_000, 5_000_000]
             sections = bench_branches.run(work, sizes=sizes)
+        elif suite == "clone":
+            sections = bench_clone.run(
+                work,
+                sizes=[100_000] if args.quick else [1_000_000, 5_000_000],
+                s3_labels=100_000 if args.quick else 1_000_000,
+                merge_labels=100_000 if args.quick else 1_000_000,
+            )
         elif suite == "edits":
             sizes = [100_000] if args.quick else [1_000_000, 5_000_000]
             sections = bench_edits.run(work, sizes=sizes, many=30 if args.quick else 100)

@@ -146,18 +146,20 @@ def forget(prefix: str) -> None:
 
 
 def header_actions(
-    loc: Location, version: int, metadata: Mapping[str, Any]
+    loc: Location, files: _deltalog.TableFiles, metadata: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
-    """The `protocol` (of `loc` at `version`) and `metaData` actions that open a new log."""
-    proto = open_at(loc, version).protocol()
-    protocol: dict[str, Any] = {
-        "minReaderVersion": proto.min_reader_version,
-        "minWriterVersion": proto.min_writer_version,
-    }
-    if proto.reader_features:
-        protocol["readerFeatures"] = list(proto.reader_features)
-    if proto.writer_features:
-        protocol["writerFeatures"] = list(proto.writer_features)
+    """The `protocol` (of `files`) and `metaData` actions that open a new log."""
+    protocol: dict[str, Any] = dict(files.protocol)
+    if not protocol.get("minReaderVersion"):  # not in the log we read: ask deltalake
+        proto = open_at(loc, files.version).protocol()
+        protocol = {
+            "minReaderVersion": proto.min_reader_version,
+            "minWriterVersion": proto.min_writer_version,
+        }
+        if proto.reader_features:
+            protocol["readerFeatures"] = list(proto.reader_features)
+        if proto.writer_features:
+            protocol["writerFeatures"] = list(proto.writer_features)
     return [{"protocol": protocol}, {"metaData": dict(metadata)}]
 
 

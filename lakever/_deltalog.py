@@ -28,7 +28,7 @@ import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -54,6 +54,7 @@ class TableFiles:
         reader_features: the protocol's reader features at this version.
         configuration: the table properties at this version.
         metadata: the raw `metaData` action in force at this version.
+        protocol: the `protocol` action in force (fields without a value left out).
     """
 
     version: int
@@ -61,6 +62,7 @@ class TableFiles:
     reader_features: frozenset[str]
     configuration: Mapping[str, str]
     metadata: Mapping[str, Any]
+    protocol: Mapping[str, Any] = field(default_factory=dict)
 
     def masked(self) -> list[str]:
         """Paths of the files that carry a deletion vector, sorted."""
@@ -119,6 +121,7 @@ class _State:
         self.reader_features: frozenset[str] = frozenset()
         self.configuration: dict[str, str] = {}
         self.metadata: dict[str, Any] = {}
+        self.protocol: dict[str, Any] = {}
 
     @classmethod
     def from_files(cls, files: TableFiles) -> _State:
@@ -127,6 +130,7 @@ class _State:
         state.reader_features = files.reader_features
         state.configuration = dict(files.configuration)
         state.metadata = dict(files.metadata)
+        state.protocol = dict(files.protocol)
         return state
 
     def apply(self, action: Mapping[str, Any]) -> None:
@@ -136,7 +140,12 @@ class _State:
         elif "remove" in action and action["remove"] is not None:
             self.adds.pop(action["remove"]["path"], None)
         elif "protocol" in action and action["protocol"] is not None:
-            self.reader_features = frozenset(action["protocol"].get("readerFeatures") or ())
+            proto = {k: v for k, v in dict(action["protocol"]).items() if v is not None}
+            for name in ("readerFeatures", "writerFeatures"):
+                if name in proto:
+                    proto[name] = list(proto[name])
+            self.protocol = proto
+            self.reader_features = frozenset(proto.get("readerFeatures") or ())
         elif "metaData" in action and action["metaData"] is not None:
             meta = dict(action["metaData"])
             meta["configuration"] = _as_dict(meta.get("configuration"))
@@ -148,7 +157,12 @@ class _State:
 
     def freeze(self, version: int) -> TableFiles:
         return TableFiles(
-            version, self.adds, self.reader_features, self.configuration, self.metadata
+            version,
+            self.adds,
+            self.reader_features,
+            self.configuration,
+            self.metadata,
+            self.protocol,
         )
 
 

@@ -334,6 +334,8 @@ def write_data(
 ) -> list[dict[str, Any]]:
     adds = []
     step = rows_per_file(files)
+    parts = max(1, -(-data.height // step))
+    step = max(1, -(-data.height // parts))  # files of even size read evenly in parallel
     for offset in range(0, data.height, step):
         chunk = data.slice(offset, step)
         name = f"part-00000-{uuid.uuid4()}-c000.zstd.parquet"

@@ -279,7 +279,7 @@ def copy_table_version(src: Location, version: int, dst: Location) -> int:
     for rel in _live_paths(files):
         _copy(src.child(rel), dst.child(rel))
     copied = sum(int(add.get("size") or 0) for add in files.adds.values())
-    actions = _delta.header_actions(src, version, files.metadata)
+    actions = _delta.header_actions(src, files, files.metadata)
     actions += [{"add": {**add, "dataChange": True}} for add in files.adds.values()]
     actions.append(
         {

@@ -36,7 +36,14 @@ from lakever.commits import ChangeCounts, Commit
 from lakever.errors import ClassMapMismatchError, InvalidInputError, MergeConflictError
 from lakever.info import DatasetInfo, default_author
 from lakever.names import check_dataset_name
-from lakever.schema import FRAMES, INFERENCES_PREFIX, LABELS, key_column, table_kind
+from lakever.schema import (
+    FRAMES,
+    INFERENCES_PREFIX,
+    LABELS,
+    key_column,
+    repeated_values,
+    table_kind,
+)
 
 if TYPE_CHECKING:
     from lakever._staging import Stage
@@ -222,38 +229,52 @@ def _union(
     """Rows of `parts` deduplicated, collisions resolved; renames per source index."""
     key = key_column(table_kind(table))
     every = pl.concat(parts, how="diagonal_relaxed")
-    content = [c for c in every.columns if c != _SRC]
-    unique = every.unique(subset=content, keep="first", maintain_order=True)
-    out.deduplicated[table] = every.height - unique.height
+    out.deduplicated[table] = 0
+    # Only keys held by several rows can be duplicates or collisions: find
+    # them from the key column, and compare whole rows among those alone.
+    twice = repeated_values(every.get_column(key))
+    if twice.is_empty():
+        return every, {}
+    repeated = every.get_column(key).is_in(twice.implode())
+    every = every.with_row_index("__row")
+    content = [c for c in every.columns if c not in (_SRC, "__row")]
+    multi = every.filter(repeated)
+    unique = multi.unique(subset=content, keep="first", maintain_order=True)
+    drop = multi.join(unique.select("__row"), on="__row", how="anti")["__row"]
+    out.deduplicated[table] = drop.len()
     clash = unique.filter(pl.col(key).is_duplicated())
-    if clash.is_empty():
-        return unique, {}
-    first = clash.group_by(key, maintain_order=True).agg(pl.col(_SRC).min().alias("__first"))
-    later = clash.join(first, on=key).filter(pl.col(_SRC) != pl.col("__first"))
     renames: dict[int, dict[str, str]] = {}
-    taken = set(unique[key].to_list())
-    resolution = {"error": "error", "skip": "skipped", "suffix": "renamed"}[on_collision]
-    new_keys = []
-    for k, src, head in later.select(key, _SRC, "__first").iter_rows():
-        renamed = None
-        if on_collision == "suffix":
-            renamed, n = f"{k}-{names[src]}", 2
-            while renamed in taken:
-                renamed, n = f"{k}-{names[src]}-{n}", n + 1
-            taken.add(renamed)
-            renames.setdefault(src, {})[k] = renamed
-        new_keys.append(renamed)
-        out.collisions.append(
-            {"table": table, "key": k, "first": names[head], "other": names[src],
-             "resolution": resolution, "renamed_to": renamed}
-        )  # fmt: skip
-    if on_collision == "error":
-        return unique, renames
-    kept = unique.join(later.select(key, _SRC), on=[key, _SRC], how="anti")
-    if on_collision == "skip":
-        return kept, renames
-    moved = later.drop("__first").with_columns(pl.Series(key, new_keys, dtype=pl.String))
-    return pl.concat([kept, moved.select(kept.columns)]), renames
+    moved: dict[int, str] = {}
+    if not clash.is_empty():
+        first = clash.group_by(key, maintain_order=True).agg(pl.col(_SRC).min().alias("__first"))
+        later = clash.join(first, on=key).filter(pl.col(_SRC) != pl.col("__first"))
+        taken = set(every[key].to_list()) if on_collision == "suffix" else set()
+        resolution = {"error": "error", "skip": "skipped", "suffix": "renamed"}[on_collision]
+        for row, k, src, head in later.select("__row", key, _SRC, "__first").iter_rows():
+            renamed = None
+            if on_collision == "suffix":
+                renamed, n = f"{k}-{names[src]}", 2
+                while renamed in taken:
+                    renamed, n = f"{k}-{names[src]}-{n}", n + 1
+                taken.add(renamed)
+                renames.setdefault(src, {})[k] = renamed
+                moved[row] = renamed
+            out.collisions.append(
+                {"table": table, "key": k, "first": names[head], "other": names[src],
+                 "resolution": resolution, "renamed_to": renamed}
+            )  # fmt: skip
+        if on_collision == "skip":
+            drop = pl.concat([drop, later["__row"]])
+    kept = every.filter(~pl.col("__row").is_in(drop.implode()))
+    if moved:
+        rows = pl.Series(list(moved), dtype=kept.schema["__row"])
+        kept = kept.with_columns(
+            pl.when(pl.col("__row").is_in(rows.implode()))
+            .then(pl.col("__row").replace_strict(moved, default=None, return_dtype=pl.String))
+            .otherwise(pl.col(key))
+            .alias(key)
+        )
+    return kept.drop("__row"), renames
 
 
 def _check_collisions(p: _Plan, on_collision: str) -> None:

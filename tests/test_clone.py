@@ -64,6 +64,8 @@ def test_an_unfiltered_clone_links_every_file_and_reads_as_the_source(
     root = Path(local_lake.uri) / "datasets"
     mine, theirs = _data_files(root / "copy"), _data_files(root / "street")
     assert mine and all(theirs.get(n) == ino for n, ino in mine.items())
+    dogs.create_snapshot("mine")
+    assert [s.name for s in dogs.list_snapshots()] == ["mine"]
     # the clone is a dataset of its own: it writes, and the source does not see it
     before = table_hash(src.read("labels"))
     dogs.delete_labels([f"{FIDS[3]}-l1"])
