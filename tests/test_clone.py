@@ -240,3 +240,57 @@ def test_a_clone_killed_at_random_points_leaves_nothing_or_everything(
         clone = lake.clone_dataset("street", name, snapshots=True)  # the name is free again
         assert {s: table_hash(clone.at(s).read("labels")) for s in want} == want
     assert "nothing" in outcomes  # the kills landed mid-build at least once
+
+
+def test_a_cloned_inference_set_evaluates_as_the_source_at_the_ref(local_lake: lv.Lake) -> None:
+    src = _street(local_lake)
+    clone = local_lake.clone_dataset("street", "ev", at="v2")
+    theirs = src.evaluate("yolo", against="v2")
+    mine = clone.evaluate("yolo")
+    assert mine.against.seq == clone.head.seq == 0
+    assert mine.summary == theirs.summary and mine.per_class.equals(theirs.per_class)
+
+
+def test_coco_metadata_comes_along(local_lake: lv.Lake) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples" / "instances.json"
+    src, _ = local_lake.import_coco("coco", str(examples))
+    clone = local_lake.clone_dataset("coco", "coco-copy")
+    want, got = src.at("HEAD").export_coco(), clone.at("HEAD").export_coco()
+    assert got["categories"] == want["categories"] and got.get("info") == want.get("info")
+    assert len(got["annotations"]) == len(want["annotations"])
+
+
+def test_a_failed_copy_midway_leaves_nothing(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lakever import storage
+
+    _street(local_lake)
+    real = storage.Location.copy_many
+
+    def fail_after_one(self: storage.Location, pairs: list) -> None:  # type: ignore[type-arg]
+        real(self, pairs[:1])
+        raise lv.StorageError("S3 said: 503 Slow Down")
+
+    monkeypatch.setattr(storage.Location, "copy_many", fail_after_one)
+    with pytest.raises(lv.StorageError, match="Slow Down"):
+        local_lake.clone_dataset("street", "half")
+    assert not (Path(local_lake.uri) / "datasets" / "half").exists()
+    monkeypatch.setattr(storage.Location, "copy_many", real)
+    assert local_lake.clone_dataset("street", "half").read("frames").height == len(FIDS)
+
+
+@pytest.mark.slow
+def test_writes_to_the_source_during_a_clone_do_not_reach_it(
+    lake: lv.Lake, lake_uri: tuple[str, dict[str, str]]
+) -> None:
+    src = _street(lake)
+    want = {t: table_hash(src.at("v2").read(t)) for t in ("frames", "labels")}
+    proc = spawn("until-gone", lake.uri, "street", "w", 40, lake_uri[1])
+    wait_ready(proc)
+    clones = [lake.clone_dataset("street", f"during-{i}", at="v2") for i in range(3)]
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert src.head.seq > src.resolve("v2").seq  # the writer did commit meanwhile
+    for clone in clones:
+        assert {t: table_hash(clone.read(t)) for t in want} == want
