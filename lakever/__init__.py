@@ -9,7 +9,7 @@ Example:
     >>> ds.at("v1").read("labels")  # doctest: +SKIP
 """
 
-from lakever import archive
+from lakever import access, archive, spark
 from lakever.branches import Branch
 from lakever.catalog import Lake, connect
 from lakever.clone import ClonedFrom
@@ -18,6 +18,7 @@ from lakever.dataset import Dataset
 from lakever.diff import ClassChanges, Diff, diff
 from lakever.dsmerge import DatasetMergeReport
 from lakever.errors import (
+    AccessDeniedError,
     BranchNotFoundError,
     ClassMapMismatchError,
     CommitNotFoundError,
@@ -63,7 +64,10 @@ from lakever.view import View
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDeniedError",
+    "access",
     "archive",
+    "spark",
     "ChangeCounts",
     "ClassChanges",
     "ClassMapMismatchError",

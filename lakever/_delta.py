@@ -28,7 +28,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from lakever import _deltalog
 from lakever._claims import META_SEQ
 from lakever.errors import LakeverError, StorageError, VersionUnavailableError
-from lakever.storage import Location
+from lakever.storage import Location, access_denied
 
 #: Data files are kept near this size so an edit of a contiguous frame range
 #: rewrites a few small files instead of one huge one (see docs/ARCHITECTURE.md).
@@ -96,6 +96,9 @@ def boundary(action: str, uri: str) -> Iterator[None]:
     except CommitFailedError as exc:
         raise WriteConflict(str(exc)) from exc
     except Exception as exc:
+        denied = access_denied(action, uri, exc)
+        if denied is not None:
+            raise denied from exc
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = ""
         if isinstance(exc, OSError) and exc.errno == 28:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -45,6 +46,8 @@ from lakever.tags import Snapshot
 
 if TYPE_CHECKING:
     from lakever.dataset import Dataset
+
+log = logging.getLogger("lakever")
 
 MATERIALIZED = "materialized"
 ARCHIVED = "archived"
@@ -210,8 +213,8 @@ class SnapshotStates:
         try:
             body = json.dumps({"name": snap.name, "at": now_utc().isoformat()}).encode()
             self._loads.child(f"{key}.json").put(body)
-        except LakeverError:
-            pass  # read-only credentials: the read goes on without the record
+        except LakeverError as exc:  # read-only credentials: the read goes on without it
+            log.debug("the last load of snapshot %r was not recorded: %s", snap.name, exc)
 
 
 def decorate(ds: Dataset, snaps: list[Snapshot]) -> list[Snapshot]:

@@ -184,7 +184,7 @@ class Branching:
                 f"{name!r} names a snapshot of dataset {ds.name!r}; branch and snapshot "
                 "names share one namespace: pick another name"
             )
-        ds._runner.create_branch(name, start, author=author or _author())
+        ds._runner.create_branch(name, start, author=author or _author(ds))
         branch = ds.on_branch(name)
         for ref in refs[1:]:
             branch.merge(ref, on_conflict=on_conflict, author=author)
@@ -225,7 +225,7 @@ class Branching:
             raise InvalidNameError("branch 'main' cannot be deleted")
         glob = ds._global_head()
         head_of(ds._log, glob, name, dataset=ds.name)  # raises when there is none
-        ds._runner.delete_branch(name, author=author or _author())
+        ds._runner.delete_branch(name, author=author or _author(ds))
 
     def publish(
         self,
@@ -256,7 +256,7 @@ class Branching:
             )
         # Closed first, then snapshotted: a crash in between leaves a closed
         # branch that running publish again snapshots.
-        ds._runner.set_branch_state(ds.branch_name, PUBLISHED, author=author or _author())
+        ds._runner.set_branch_state(ds.branch_name, PUBLISHED, author=author or _author(ds))
         head = ds.head
         snap = ds._tags.find(name)
         if snap is None or snap.commit_id != head.id:
@@ -319,7 +319,7 @@ class Branching:
         )
 
 
-def _author() -> str:
+def _author(ds: Dataset) -> str:
     from lakever.info import default_author
 
-    return default_author()
+    return default_author(ds.root)

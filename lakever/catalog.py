@@ -20,11 +20,13 @@ import polars as pl
 from lakever import _building, _delta
 from lakever._progress import phase
 from lakever._protocol import DELETE_OPERATION, EDIT_MODES, MERGE_ON_READ
+from lakever.access import LakeAccess
 from lakever.archive import ArchiveSettings, settings
 from lakever.combining import LakeCombining
 from lakever.commits import aware
 from lakever.dataset import Dataset
 from lakever.errors import (
+    AccessDeniedError,
     CorruptLakeError,
     DatasetExistsError,
     DatasetNotFoundError,
@@ -96,7 +98,7 @@ def like_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
-class Lake(LakeCombining):
+class Lake(LakeCombining, LakeAccess):
     """A lake of datasets under one root URI.
 
     Example:
@@ -165,7 +167,11 @@ class Lake(LakeCombining):
             except ValueError:
                 out.append(_Entry(name, None, None, None, "not a dataset name"))
                 continue
-            data = root.child("_lakever", "dataset.json").read_or_none()
+            try:
+                data = root.child("_lakever", "dataset.json").read_or_none()
+            except AccessDeniedError:
+                out.append(_Entry(name, None, None, None, "not readable with these credentials"))
+                continue
             if data is None:
                 reason = "no _lakever/dataset.json: not a dataset, or a deletion was interrupted"
                 out.append(_Entry(name, None, None, None, reason))
@@ -232,7 +238,7 @@ class Lake(LakeCombining):
             project=project,
             description=description,
             tags=tuple(tags),
-            creator=creator or default_author(),
+            creator=creator or default_author(self.root),
             classes=normalize_classes(classes),
             edits=edits,
         )
@@ -450,7 +456,7 @@ class Lake(LakeCombining):
                     "first, or pass force=True (CLI: --force) to delete the dataset with its "
                     "snapshots"
                 )
-            ds._runner.publish_tombstone(author=default_author())
+            ds._runner.publish_tombstone(author=default_author(root))
         marker.remove()
         # Commit records go oldest first, so the tombstone (the newest) is the
         # last of them: a stale handle finds it until no record is left.

@@ -124,7 +124,7 @@ def clone_dataset(
     sets = _inference_sets(target, inferences)
     states = _states(src, target, snapshots)
     tables = [FRAMES, LABELS, *(f"{INFERENCES_PREFIX}{s}" for s in sets)]
-    author = creator or default_author()
+    author = creator or default_author(lake.root)
     origin = {"dataset": src.name, "id": src.info.id, "commit": target.to_dict()}
     info = DatasetInfo.new(
         new,

@@ -325,7 +325,7 @@ class Dataset(DataIO, Review, Lifecycle, Snapshots, Branching, DatasetCombining,
         return self._runner.run(
             [*ops, self._pins_readable],
             message=message,
-            author=author or default_author(),
+            author=author or default_author(self.root),
             operation=operation,
             count_restore=self._count_restore,
         )

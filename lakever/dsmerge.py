@@ -362,7 +362,7 @@ def merge_datasets(
     classes, maps = _class_maps(found, class_map or {})
     p = plan(found, maps, on_collision)
     _check_collisions(p, on_collision)
-    author = creator or default_author()
+    author = creator or default_author(lake.root)
     info = DatasetInfo.new(
         into,
         project=project,
@@ -417,7 +417,7 @@ def merge_from(
             commit = ds._runner.run(
                 [unchanged, _operation(p, classes, found, skip_first=True)],
                 message=message or f"merge datasets {', '.join(s.name for s in found[1:])}",
-                author=author or default_author(),
+                author=author or default_author(ds.root),
                 operation=OPERATION,
             )
         except _Moved:

@@ -144,6 +144,22 @@ class StorageError(LakeverError, OSError):
     """The object store or the Delta log could not be read or written."""
 
 
+class AccessDeniedError(StorageError, PermissionError):
+    """The object store refused a request: the credentials lack the permission.
+
+    Attributes:
+        dataset: the dataset the object belongs to (None outside any dataset).
+        operation: what was refused ('read', 'write', 'list', ...).
+        key: the object key (or prefix) that was refused.
+    """
+
+    def __init__(self, message: str, *, dataset: str | None, operation: str, key: str) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.operation = operation
+        self.key = key
+
+
 class CorruptLakeError(LakeverError, RuntimeError):
     """Lakever's own metadata in the lake is unreadable."""
 

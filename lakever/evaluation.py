@@ -179,8 +179,9 @@ def evaluate(
     area_ranges: Mapping[str, tuple[float, float]] | None,
     classes: Sequence[str] | None,
     author: str,
+    store: bool = True,
 ) -> Evaluation:
-    """Evaluate and record; see `Dataset.evaluate`."""
+    """Evaluate and (with `store`) record; see `Dataset.evaluate`."""
     head = ds.head
     table = ds.at(head)._inference_set(set_name)
     if against is None:
@@ -207,7 +208,8 @@ def evaluate(
         created_at=now_utc(),
         **result,
     )
-    _store(ds, ev, author)
+    if store:
+        _store(ds, ev, author)
     return ev
 
 

@@ -157,7 +157,7 @@ def collect(
 ) -> GCReport:
     """Plan garbage collection of `ds`; with `apply`, carry it out (see the module doc)."""
     keep_within = check_keep_within(keep_within)
-    author = author or default_author()
+    author = author or default_author(ds.root)
     delay = 0.02
     for _ in range(_MAX_ATTEMPTS):
         now = now_utc()

@@ -19,16 +19,28 @@ from datetime import datetime
 from typing import Any
 
 from lakever.commits import now_utc
+from lakever.storage import Location
 
 #: Environment variable naming the author recorded on commits.
 ENV_AUTHOR = "LAKEVER_AUTHOR"
 
 
-def default_author() -> str:
-    """The author recorded when none is given: $LAKEVER_AUTHOR, else the OS user."""
+def default_author(where: Location | None = None) -> str:
+    """The author recorded when none is given.
+
+    $LAKEVER_AUTHOR; else, for a lake on S3 (`where`), the caller's identity
+    (STS GetCallerIdentity, asked once per set of credentials); else the OS
+    user.
+    """
     env = os.environ.get(ENV_AUTHOR)
     if env:
         return env
+    if where is not None and not where.is_local:
+        from lakever.access import caller
+
+        arn = caller(where)
+        if arn:
+            return arn
     try:
         return getpass.getuser()
     except (KeyError, OSError):

@@ -126,7 +126,7 @@ def ingest(
         attempt=uuid.uuid4().hex,
         mode=mode,
         message=message or f"upload {upload_id}",
-        author=author or default_author(),
+        author=author or default_author(ds.root),
         started_at=now_utc(),
         pin=pin,
         rules=dict(rules or {}),

@@ -137,7 +137,7 @@ def merge(
 
             text = message or f"merge {_name(source, theirs)} into {ds.branch_name} (fast-forward)"
             commit = ds._runner.fast_forward(
-                theirs, author=author or default_author(), message=text
+                theirs, author=author or default_author(ds.root), message=text
             )
             if commit is None:
                 continue  # ours moved meanwhile: plan again
@@ -292,7 +292,7 @@ def _three_way(
             commit = ds._runner.run(
                 [op, _record(meta)],
                 message=message,
-                author=author or default_author(),
+                author=author or default_author(ds.root),
                 operation=operation,
                 merged=merged,
             )

@@ -42,11 +42,14 @@ class Review:
         area_ranges: Mapping[str, tuple[float, float]] | None = None,
         classes: Sequence[str] | None = None,
         author: str | None = None,
+        store: bool = True,
     ) -> Evaluation:
         """COCO bbox metrics of an inference set against the labels of its pinned version.
 
         The numbers equal pycocotools' `COCOeval` on the same boxes. The
-        evaluation is recorded (`evaluations`), so it can be listed and compared.
+        evaluation is recorded (`evaluations`), so it can be listed and
+        compared, unless `store` is False (then nothing is written: read-only
+        credentials can evaluate).
 
         Args:
             set_name: the inference set (its predictions at HEAD).
@@ -58,6 +61,7 @@ class Review:
                 small, medium, large ('all' is always added).
             classes: evaluate only these classes (default: the class map).
             author: recorded with the evaluation.
+            store: record it (False writes nothing).
 
         Example:
             >>> ev = ds.evaluate("yolo-v9")  # doctest: +SKIP
@@ -71,7 +75,8 @@ class Review:
             max_dets=max_dets,
             area_ranges=area_ranges,
             classes=classes,
-            author=author or default_author(),
+            author=author or (default_author(self._ds().root) if store else ""),
+            store=store,
         )
 
     def evaluations(self, set_name: str | None = None) -> pl.DataFrame:

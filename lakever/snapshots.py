@@ -125,7 +125,7 @@ class Snapshots:
             name,
             commit,
             description=description,
-            creator=creator or default_author(),
+            creator=creator or default_author(ds.root),
             created_at=created,
             metadata=metadata or {},
         )

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import posixpath
+import re
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from urllib.parse import urlparse
 
 import fsspec
 
-from lakever.errors import InvalidInputError, StorageError
+from lakever.errors import AccessDeniedError, InvalidInputError, StorageError
 
 #: Environment variable naming the default lake.
 ENV_URI = "LAKEVER_URI"
@@ -362,8 +363,49 @@ class Location:
             raise storage_error("delete", self.uri, exc) from exc
 
 
+_DENIED = (
+    "accessdenied",
+    "access denied",
+    "forbidden",
+    "not authorized",
+    "lacked the necessary privileges",  # deltalake's (object_store's) 403
+)
+_DATASET_IN_URI = re.compile(r"/datasets/([^/]+)(?:/|$)")
+
+
+def access_denied(verb: str, uri: str, exc: BaseException) -> AccessDeniedError | None:
+    """An `AccessDeniedError` if `exc` is the store refusing a request, else None.
+
+    The message names the dataset, the operation and the object, never the
+    credentials (error texts of the stores carry none; nothing is added).
+    """
+    text = (str(exc) or type(exc).__name__).splitlines()[0]
+    lowered = text.lower().replace(" ", "")
+    if isinstance(exc, FileNotFoundError):
+        return None
+    if not isinstance(exc, PermissionError) and not any(
+        d.replace(" ", "") in lowered for d in _DENIED
+    ):
+        return None
+    match = _DATASET_IN_URI.search(uri)
+    dataset = match.group(1) if match else None
+    key = uri.split("://", 1)[1].split("/", 1)[-1] if "://" in uri else uri
+    where = f" of dataset {dataset!r}" if dataset else ""
+    return AccessDeniedError(
+        f"access denied: cannot {verb} {key}{where}: the store refused it "
+        f"({type(exc).__name__}); these credentials lack the permission (see `lakever access "
+        "policy`)",
+        dataset=dataset,
+        operation=verb,
+        key=key,
+    )
+
+
 def storage_error(verb: str, uri: str, exc: BaseException) -> StorageError:
     """Translate an fsspec, botocore or OS error into a `StorageError` naming the object."""
+    denied = access_denied(verb, uri, exc)
+    if denied is not None:
+        return denied
     text = str(exc) or type(exc).__name__
     hint = ""
     lowered = text.lower()

@@ -1,5 +1,6 @@
 """The `lakever` command line: thin commands over the public API."""
 
+from lakever.cli import access as _access  # noqa: F401 - registers access policy and credentials
 from lakever.cli import branching as _branching  # noqa: F401 - registers branch and merge
 from lakever.cli import cloning as _cloning  # noqa: F401 - registers clone and merge-datasets
 from lakever.cli import data as _data  # noqa: F401 - registers the data commands

@@ -126,6 +126,7 @@ EXIT_ERROR = 1  # storage, corruption, anything else
 EXIT_INVALID = 2  # bad input: a value, a name, a ref, a batch
 EXIT_NOT_FOUND = 3  # no such lake, dataset, snapshot, commit, row; a version whose files are gone
 EXIT_CONFLICT = 4  # already exists, or concurrent writers kept winning
+EXIT_DENIED = 5  # the object store refused the request: the credentials lack a permission
 EXIT_INTERRUPTED = 130
 
 
@@ -140,6 +141,8 @@ def exit_code(exc: BaseException) -> int:
     )
     if isinstance(exc, conflicts):
         return EXIT_CONFLICT
+    if isinstance(exc, lv.AccessDeniedError):
+        return EXIT_DENIED
     if isinstance(exc, LookupError):
         return EXIT_NOT_FOUND
     if isinstance(exc, (ValueError, TypeError)):

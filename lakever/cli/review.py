@@ -49,10 +49,13 @@ def eval_cmd(
         str | None, typer.Option(help="Labels of this ref (default: the set's pin).")
     ] = None,
     worst: Annotated[int, typer.Option(help="How many of the worst classes to list.")] = 5,
+    no_store: Annotated[
+        bool, typer.Option("--no-store", help="Do not record it (read-only credentials).")
+    ] = False,
 ) -> None:
     """Evaluate an inference set (COCO bbox) against its pinned labels, and record it."""
     ds = open_dataset(uri, dataset)
-    ev = ds.evaluate(set_name, against=against)
+    ev = ds.evaluate(set_name, against=against, store=not no_store)
     if json_out:
         o.emit_json(
             {
