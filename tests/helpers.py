@@ -171,3 +171,22 @@ def read_only(path: Path) -> Iterator[None]:
             yield
         finally:
             path.chmod(mode)
+
+
+def duckdb_connection() -> Any:
+    """A DuckDB connection with the delta and httpfs extensions loaded from their packages.
+
+    DuckDB would download them; the packages ship them (this machine is offline).
+    """
+    import glob
+    import os
+
+    import duckdb
+
+    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    for name in ("delta", "httpfs"):
+        package = __import__(f"duckdb_extension_{name}")
+        folder = os.path.dirname(package.__file__)
+        (ext,) = glob.glob(os.path.join(folder, "extensions", "*", f"{name}.duckdb_extension"))
+        con.execute(f"LOAD '{ext}'")
+    return con

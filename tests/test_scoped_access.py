@@ -24,7 +24,7 @@ import pytest
 
 import lakever as lv
 from lakever import access
-from tests.helpers import CLASSES, S3Server, frames, labels, table_hash
+from tests.helpers import CLASSES, S3Server, duckdb_connection, frames, labels, table_hash
 
 BUCKET = "lakever-scoped"
 URI = f"s3://{BUCKET}/lakes/cv"
@@ -219,6 +219,10 @@ def test_vended_credentials_carry_the_policy_and_read(
     assert reader.dataset("cam-a").read("frames").height >= 12
     uri, version = reader.dataset("cam-a").at("v1").delta_table("labels")
     assert pl.scan_delta(uri, version=version, storage_options=dict(creds)).collect().height == 24
+    con = duckdb_connection()
+    con.execute(access.duckdb_secret(creds))
+    counted = con.execute(f"SELECT count(*) FROM delta_scan('{uri}', version => {version})")
+    assert counted.fetchall() == [(24,)]
     conf = lv.spark.s3a_conf(creds)
     assert conf["spark.hadoop.fs.s3a.session.token"] == creds["AWS_SESSION_TOKEN"]
     assert "SESSION_TOKEN" in access.duckdb_secret(creds)
