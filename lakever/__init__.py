@@ -17,6 +17,7 @@ from lakever.commits import ChangeCounts, Commit
 from lakever.dataset import Dataset
 from lakever.diff import ClassChanges, Diff, diff
 from lakever.dsmerge import DatasetMergeReport
+from lakever.engines import scan
 from lakever.errors import (
     AccessDeniedError,
     BranchNotFoundError,
@@ -45,6 +46,7 @@ from lakever.errors import (
     SourceNotFoundError,
     StorageError,
     TableNotFoundError,
+    UnsupportedEngineError,
     UploadNotFoundError,
     ValidationError,
     VersionPrunedError,
@@ -67,6 +69,8 @@ __all__ = [
     "AccessDeniedError",
     "access",
     "archive",
+    "scan",
+    "UnsupportedEngineError",
     "spark",
     "ChangeCounts",
     "ClassChanges",

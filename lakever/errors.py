@@ -236,3 +236,7 @@ class ClassMapMismatchError(InvalidInputError):
     def __init__(self, message: str, differences: list[dict[str, Any]]) -> None:
         super().__init__(message)
         self.differences = differences
+
+
+class UnsupportedEngineError(LakeverError, RuntimeError):
+    """An engine cannot read this exactly (or is not installed); the message names what works."""

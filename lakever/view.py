@@ -15,16 +15,18 @@ import pyarrow as pa
 
 from lakever import _delta
 from lakever.commits import Commit
+from lakever.engines import EngineReads
 from lakever.errors import ReadOnlyError, TableNotFoundError
 from lakever.names import check_dataset_name
 from lakever.schema import INFERENCES_PREFIX, table_kind
 
 if TYPE_CHECKING:
     from lakever.dataset import Dataset
-    from lakever.storage import Location
+
+from lakever.storage import Location
 
 
-class TableReader:
+class TableReader(EngineReads):
     """Reads the tables of one dataset at the versions some commit records."""
 
     _dataset: Dataset
@@ -42,6 +44,9 @@ class TableReader:
                 f"dataset {self._dataset.name!r} has no table {table!r} at commit "
                 f"{commit.seq}; tables there: {', '.join(commit.tables)}"
             ) from None
+
+    def _location(self, table: str) -> Location:
+        return self._dataset.table_location(table)
 
     def scan(self, table: str) -> pl.LazyFrame:
         """Lazily read a table ('frames', 'labels' or 'inferences/<set>').

@@ -7,6 +7,7 @@ from lakever.cli import data as _data  # noqa: F401 - registers the data command
 from lakever.cli import lifecycle as _lifecycle  # noqa: F401 - registers gc and archive commands
 from lakever.cli import review as _review  # noqa: F401 - registers eval and segment commands
 from lakever.cli import snapshots as _snapshots  # noqa: F401 - registers the snapshot commands
+from lakever.cli import sql as _sql  # noqa: F401 - registers sql
 from lakever.cli.app import app, main
 
 __all__ = ["app", "main"]
