@@ -57,7 +57,7 @@ def _run_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, Any
 def test_readme_snippets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     total = len(snippets())
     ran = _run_all(tmp_path, monkeypatch, {})
-    assert ran >= total - 3  # only the Spark and the two S3 snippets wait for the slow run
+    assert ran >= total - 4  # only the two Spark and the two S3 snippets wait for the slow run
     assert sum(expected is not None for _, expected in snippets()) >= 3
 
 
