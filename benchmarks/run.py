@@ -4,6 +4,8 @@ python benchmarks/run.py                 # full sizes (10M labels; needs ~10 GiB
 python benchmarks/run.py --quick         # small sizes, a smoke run
 python benchmarks/run.py --only core   # or --only diff, --only edits (1M and 5M labels),
                                        # --only branches (1M and 5M labels, with Lance),
+                                       # --only engines (one-call reads of a 5M-label
+                                       #   snapshot after 100 edits, every engine)
                                        # --only clone (clones at 1M and 5M labels, local
                                        #   and S3; merging two 1M-label datasets),
                                        # --only ingest (streaming 1M labels, COCO 1M boxes),
@@ -34,6 +36,7 @@ from benchmarks import (
     bench_core,
     bench_diff,
     bench_edits,
+    bench_engines,
     bench_ingest,
     bench_lifecycle,
     bench_review,
@@ -48,7 +51,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument(
         "--only",
-        choices=["core", "diff", "edits", "ingest", "review", "lifecycle", "branches", "clone"],
+        choices=[
+            "core",
+            "diff",
+            "edits",
+            "ingest",
+            "review",
+            "lifecycle",
+            "branches",
+            "clone",
+            "engines",
+        ],
         action="append",
         help="run only these suites",
     )
@@ -105,6 +118,10 @@ def main() -> int:
                 sizes=[100_000] if args.quick else [1_000_000, 5_000_000],
                 s3_labels=100_000 if args.quick else 1_000_000,
                 merge_labels=100_000 if args.quick else 1_000_000,
+            )
+        elif suite == "engines":
+            sections = bench_engines.run(
+                work, n_labels=100_000 if args.quick else 5_000_000, edits=10 if args.quick else 100
             )
         elif suite == "edits":
             sizes = [100_000] if args.quick else [1_000_000, 5_000_000]
