@@ -83,7 +83,9 @@ class Dataset(DataIO, Review, Lifecycle, Snapshots, Branching, DatasetCombining,
         self._log = CommitLog(self.root, dataset_id=info.id, name=info.name)
         self._pruned = PrunedIndex(self.root, self._log, name=info.name)
         self._states = SnapshotStates(self.root)
-        self._tags = TagTable(self.root.child("snapshots"))
+        self._tags = TagTable(
+            self.root.child("snapshots"), refs=self.root.child("_lakever", "snapshot_refs")
+        )
         self._runner = CommitRunner(
             self._log,
             self.table_location,

@@ -58,8 +58,41 @@ def scan(
     """
     from lakever.catalog import connect
 
-    ds = connect(uri, storage_options=storage_options).dataset(dataset)
+    lake = connect(uri, storage_options=storage_options)
+    if isinstance(at, str) and at.strip().upper() != "HEAD":
+        quick = _snapshot_scan(lake, dataset, table, at)
+        if quick is not None:
+            return quick
+    ds = lake.dataset(dataset)
     return (ds if at is None else ds.at(at)).scan(table)
+
+
+def _snapshot_scan(lake: Any, dataset: str, table: str, name: str) -> pl.LazyFrame | None:
+    """A snapshot's table in two small reads (dataset.json, the snapshot's ref file), or None.
+
+    None when there is no ref file (not a snapshot, or one made before ref
+    files) or the snapshot is not materialized: the caller then resolves the
+    ref the usual way, which also gives the usual errors.
+    """
+    import json
+
+    from lakever import _delta
+    from lakever.filenames import encode
+    from lakever.schema import table_kind
+
+    table_kind(table)
+    lake._info(dataset)  # first read: it exists, is visible, and is not being deleted
+    root = lake._dataset_root(dataset)
+    data = root.child("_lakever", "snapshot_refs", f"{encode(name)}.json").read_or_none()
+    if data is None:
+        return None
+    ref = json.loads(data)
+    if ref.get("state") not in (None, "materialized"):
+        return None
+    for entry in ref.get("tables") or []:
+        if entry["table"] == table:
+            return _delta.scan(root.child(*table.split("/")), int(entry["version"]))
+    return None
 
 
 def read_part(part: tuple[str, Mapping[str, Any] | None], loc: Location) -> pl.DataFrame:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,10 +28,13 @@ from lakever.commits import ChangeCounts, Commit
 from lakever.errors import (
     ConflictError,
     InvalidInputError,
+    LakeverError,
     SnapshotExistsError,
     SnapshotNotFoundError,
 )
 from lakever.storage import Location
+
+log = logging.getLogger("lakever")
 
 TAG_SCHEMA: dict[str, pl.DataType] = {
     "name": pl.String(),
@@ -114,9 +118,38 @@ class Snapshot:
 class TagTable:
     """The snapshot table of one dataset."""
 
-    def __init__(self, location: Location) -> None:
+    def __init__(self, location: Location, *, refs: Location | None = None) -> None:
         self.location = location
+        self._refs = refs  # one small JSON per snapshot, for one-read resolution
         self._rows: tuple[int, pl.DataFrame] | None = None  # newest version read, its rows
+
+    def ref(self, name: str) -> Location | None:
+        """Where the ref file of snapshot `name` lives (None: this table keeps none)."""
+        if self._refs is None:
+            return None
+        from lakever.filenames import encode
+
+        return self._refs.child(f"{encode(name)}.json")
+
+    def _write_ref(self, snap: Snapshot, *, archive_uri: str | None = None) -> None:
+        """Best effort, after the row: a reader that finds no ref file reads the tag table."""
+        where = self.ref(snap.name)
+        if where is None:
+            return
+        body = {
+            "name": snap.name,
+            "commit_id": snap.commit_id,
+            "commit_seq": snap.commit_seq,
+            "tables": [
+                {"table": t, "uri": t, "version": v} for t, v in sorted(snap.table_versions.items())
+            ],
+            "state": snap.state,
+            "archive_uri": archive_uri,
+        }
+        try:
+            where.put(json.dumps(body, sort_keys=True).encode())
+        except LakeverError as exc:  # readers then read the tag table
+            log.debug("snapshot ref %s not written: %s", where.uri, exc)
 
     def ensure(self) -> None:
         """Create the empty tag table if it does not exist yet."""
@@ -223,12 +256,22 @@ class TagTable:
             _delta.append(dt, row, {"lakever.snapshot": name})
 
         self._exact(attempt)
-        return _from_row(row.row(0, named=True))
+        snap = _from_row(row.row(0, named=True))
+        self._write_ref(snap)
+        return snap
 
     def delete(self, names: list[str]) -> None:
-        """Remove snapshot rows by name; SnapshotNotFoundError if any is missing."""
+        """Remove snapshot rows by name; SnapshotNotFoundError if any is missing.
+
+        Their ref files go first: a crash in between leaves a row without a
+        ref file (readers fall back to the table), never a ref to nothing.
+        """
         if not names:
             return
+        for name in names:
+            where = self.ref(name)
+            if where is not None:
+                where.remove()
 
         def attempt(dt: DeltaTable) -> None:
             present = self._names_at(dt.version(), names)
@@ -252,7 +295,13 @@ class TagTable:
                 raise self.not_found(name)
             _delta.update_by_key(dt, row, "name", {"lakever.snapshot_state": name})
 
+        where = self.ref(name)
+        if where is not None:
+            where.remove()  # before the state changes: no reader sees a stale state
         self._exact(attempt)
+        snap = self.find(name)
+        if snap is not None:
+            self._write_ref(replace(snap, state=state), archive_uri=archive_uri)
 
     def _names_at(self, version: int, names: list[str]) -> set[str]:
         """Which of `names` name a snapshot at this version of the tag table."""

@@ -185,3 +185,43 @@ def test_the_sql_command_reads_any_version(
     )
     code, _, err = run("sql", "SELECT 1", "--uri", lake.uri)
     assert code == 2 and "DATASET@REF.TABLE" in err
+
+
+def test_a_snapshot_resolves_in_two_small_reads(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from lakever import storage
+
+    lake = lv.connect(local_lake.uri, archive_uri=str(tmp_path_factory.mktemp("cold")))
+    ds = lake.create_dataset("refs", classes=CLASSES)
+    ds.add_frames(frames(range(6)))
+    ds.upsert_labels(labels([f"f{i:05d}" for i in range(6)], per_frame=2))
+    ds.create_snapshot("s1")
+    ds.upsert_labels(labels(["f00000"], per_frame=1, cls="truck"))
+    want = ds.at("s1").read("labels")
+    reads: list[str] = []
+    real = storage.Location.read_bytes
+
+    def counted(self: storage.Location) -> bytes:
+        reads.append(self.uri)
+        return real(self)
+
+    monkeypatch.setattr(storage.Location, "read_bytes", counted)
+    lf = lv.scan(lake.uri, "refs", "labels", at="s1")
+    assert len(reads) == 2, reads  # dataset.json and the snapshot's ref file
+    assert lf.collect().sort("label_id").equals(want.sort("label_id"))
+    monkeypatch.setattr(storage.Location, "read_bytes", real)
+    # archived: the ref says so, and the usual path refuses loudly
+    ds.archive_snapshot("s1")
+    with pytest.raises(lv.SnapshotArchivedError):
+        lv.scan(lake.uri, "refs", "labels", at="s1")
+    ds.unarchive_snapshot("s1")
+    assert lv.scan(lake.uri, "refs", "labels", at="s1").collect().height == want.height
+    # a snapshot without a ref file (made before them) resolves the usual way
+    ref = ds._tags.ref("s1")
+    assert ref is not None and ref.exists()
+    ref.remove()
+    assert lv.scan(lake.uri, "refs", "labels", at="s1").collect().height == want.height
+    ds.delete_snapshot("s1")
+    with pytest.raises(lv.InvalidRefError):
+        lv.scan(lake.uri, "refs", "labels", at="s1")
