@@ -87,7 +87,9 @@ def test_permission_denied_on_the_commit_log_does_not_block(
     with read_only(commits):
         for proc in _failing_writer(local_lake, {}, ""):
             assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "FAILED StorageError"
+            # a refusal of the store (here the file system's) is an AccessDeniedError,
+            # a StorageError
+            assert proc.stdout.readline().strip() == "FAILED AccessDeniedError"
             assert _doomed_versions(ds, "frames")
     _commit_quickly(ds, monkeypatch)
 
