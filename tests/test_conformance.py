@@ -91,16 +91,9 @@ def built(
 
 @pytest.fixture(scope="module")
 def spark_session() -> Iterator[Any]:
-    from pysail.spark import SparkConnectServer
-    from pyspark.sql import SparkSession
+    from tests.test_engines import spark
 
-    server = SparkConnectServer(ip="127.0.0.1", port=0)
-    server.start(background=True)
-    _, port = server.listening_address
-    session = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").getOrCreate()
-    yield session
-    session.stop()
-    server.stop()
+    yield from spark.__wrapped__()  # type: ignore[attr-defined]
 
 
 def _read(engine: str, lake: lv.Lake, ds: lv.Dataset, ref: str, table: str, spark: Any) -> Any:
