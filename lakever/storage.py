@@ -10,11 +10,13 @@ rests on: put-if-absent of a complete object.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import posixpath
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -353,14 +355,28 @@ class Location:
             raise storage_error("copy objects into", self.uri, exc) from exc
 
     def remove_tree(self) -> None:
-        """Delete everything at and below this location."""
-        try:
-            if self.exists():
-                self.fs.rm(self.path, recursive=True)
-        except FileNotFoundError:
-            pass  # removed meanwhile (a concurrent deletion): the goal is reached
-        except Exception as exc:
-            raise storage_error("delete", self.uri, exc) from exc
+        """Delete everything at and below this location.
+
+        A writer that has not noticed the deletion yet may add a file while
+        the tree goes (its commit will fail): a folder found not empty is
+        removed again, a few times, before giving up.
+        """
+        for attempt in range(_REMOVE_TRIES):
+            try:
+                if self.exists():
+                    self.fs.rm(self.path, recursive=True)
+                return
+            except FileNotFoundError:
+                return  # removed meanwhile (a concurrent deletion): the goal is reached
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY or attempt == _REMOVE_TRIES - 1:
+                    raise storage_error("delete", self.uri, exc) from exc
+                time.sleep(0.05 * (attempt + 1))
+            except Exception as exc:
+                raise storage_error("delete", self.uri, exc) from exc
+
+
+_REMOVE_TRIES = 5
 
 
 _DENIED = (
