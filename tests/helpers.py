@@ -65,6 +65,16 @@ class S3Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
 
+    def enforce_iam(self) -> None:
+        """Turn IAM enforcement on (create an admin user with its key first)."""
+        request = urllib.request.Request(
+            self.endpoint + "/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
     def storage_options(self) -> dict[str, str]:
         return {
             "AWS_ENDPOINT_URL": self.endpoint,

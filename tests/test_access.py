@@ -6,7 +6,6 @@ Runs against a moto S3 server of its own that enforces IAM policies.
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,13 +58,7 @@ def enforcing() -> Iterator[tuple[S3Server, dict[str, dict[str, str]]]]:
             "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
             "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
         }
-    request = urllib.request.Request(
-        server.endpoint + "/moto-api/reset-auth",
-        data=b"0",
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=10).close()  # enforce IAM from now on
+    server.enforce_iam()  # from now on, unknown keys and missing permissions are refused
     yield server, keys
     server.stop()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -108,13 +107,7 @@ def world() -> Iterator[World]:
                 PolicyDocument=json.dumps(lake.access_policy(name, mode=mode)),
             )
             w.roles[(name, mode)] = arn
-    request = urllib.request.Request(
-        server.endpoint + "/moto-api/reset-auth",
-        data=b"0",
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=10).close()  # enforce IAM from now on
+    server.enforce_iam()  # from now on, unknown keys and missing permissions are refused
     for name in ("cam-a", "cam-b"):
         _street(lake, name)
     yield w
