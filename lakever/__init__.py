@@ -9,7 +9,7 @@ Example:
     >>> ds.at("v1").read("labels")  # doctest: +SKIP
 """
 
-from lakever import access, archive, spark
+from lakever import access, archive, dask, spark
 from lakever.branches import Branch
 from lakever.catalog import Lake, connect
 from lakever.clone import ClonedFrom
@@ -69,6 +69,7 @@ __all__ = [
     "AccessDeniedError",
     "access",
     "archive",
+    "dask",
     "scan",
     "UnsupportedEngineError",
     "spark",

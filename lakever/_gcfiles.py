@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Files no log version names are left alone this long (a writer may be about to commit them).
 UNTRACKED_GRACE = timedelta(hours=1)
+#: ... and files a distributed job staged (`lakever.writer`) this long: a job may run for hours.
+STAGING_GRACE = timedelta(days=2)
 
 DATA = "data"
 VECTOR = "deletion vector"
@@ -196,7 +198,8 @@ def plan_table(
             continue
         if rel in needed:
             continue
-        if rel in replay.tracked or modified < cutoff:
+        staged = rel.startswith("_staging/")
+        if rel in replay.tracked or modified < (now - STAGING_GRACE if staged else cutoff):
             plan.files.append((rel, size, kind))
     return plan
 

@@ -157,6 +157,48 @@ def write_edit(
     return after_publish(dt, loc, files)
 
 
+def adopt(
+    dt: DeltaTable,
+    loc: Location,
+    adoption: Any,
+    claim: Mapping[str, str],
+    *,
+    table: str,
+    key: str,
+) -> int:
+    """Add staged files as they are as exactly the next version; mask the rows they replace.
+
+    `adoption` is a `lakever.writer.Adoption`. With `mask`, the live rows of
+    its keys are marked in deletion vectors; no row is rewritten.
+
+    Raises:
+        WriteConflict: another writer took the next version first.
+    """
+    base = dt.version()
+    files = _deltalog.files_at(loc, base)
+    now = int(time.time() * 1000)
+    removed_rows = 0
+    with writing(loc, "adopt staged files into") as written:
+        actions: list[dict[str, Any]] = []
+        if adoption.mask and files.adds and not adoption.keys.is_empty():
+            found = lookup(loc, base, key, adoption.keys, table=table, schema={}, key_only=True)
+            if found.height:
+                # mask only: an adoption rewrites no row (later edits rewrite files
+                # their vectors have mostly masked, as usual)
+                marks, removed_rows, _ = _mark(loc, files, found, budget=-1)
+                actions = _write_vectors(loc, marks, files, now, written)
+        actions += [{"add": dict(a)} for a in adoption.adds]
+        info = info_action(
+            claim,
+            now,
+            "WRITE",
+            {"mode": "adopt staged files"},
+            {"num_added_files": len(adoption.adds), "num_deleted_rows": removed_rows},
+        )
+        publish(loc, base, [info, *actions])
+    return after_publish(dt, loc, files)
+
+
 def schemas(dt: DeltaTable) -> tuple[pa.Schema, dict[str, pl.DataType]]:
     """The table's schema as Arrow (for writing files) and as Polars types."""
     arrow_schema = pa.schema(dt.schema().to_arrow())
@@ -232,6 +274,8 @@ def _mark(
 ) -> tuple[dict[str, _Mark], int, list[pl.DataFrame]]:
     """New vectors per touched file; live rows of the files to rewrite instead.
 
+    A negative `budget` rewrites nothing (every touched file keeps a vector).
+
     Files whose masked rows pass `REWRITE_FRACTION` are rewritten, the most
     masked first, while their live rows fit in `budget` (at least one file
     always does); those past it keep a vector until a later commit. Scattered
@@ -269,7 +313,7 @@ def _mark(
             over.append((dead / total, path, total - dead))
     survivors: list[pl.DataFrame] = []
     spent = 0
-    for _, path, live in sorted(over, reverse=True):
+    for _, path, live in sorted(over if budget >= 0 else [], reverse=True):
         if live and spent and spent + live > budget:
             continue
         spent += live
@@ -280,6 +324,11 @@ def _mark(
         if live:
             survivors.append(scan_file(loc, path, dead=marks[path].rows).collect())
     return marks, removed, survivors
+
+
+def stats_of(df: pl.DataFrame) -> str:
+    """Delta statistics of a file holding `df` (as lakever writes them)."""
+    return _stats(df)
 
 
 def _stats(df: pl.DataFrame) -> str:

@@ -436,6 +436,14 @@ class CommitRunner:
             version = _delta.overwrite(dt, change.replace, claim)
         elif change.restore_to is not None:
             version = _restore(dt, loc, change.table, change.restore_to, claim)
+        elif change.adopt is not None:
+            if change.adopt.mask and not _mor.supports_vectors(loc, dt.version()):
+                _mor.enable_vectors(dt, claim)
+                entry.written = dt.version()
+            version = _mor.adopt(dt, loc, change.adopt, claim, table=change.table, key=change.key)
+            entry.written = version
+            _delta.remember(loc, dt)
+            return version  # no compaction here: the commit adopts files, it rewrites no row
         elif change.purge:
             version = _compact.compact(
                 dt, loc, claim, table=change.table, cluster=_cluster_columns(dt), purge=True

@@ -18,7 +18,13 @@ import polars as pl
 
 from lakever import _delta, _deltalog, _feed
 from lakever.commits import ChangeCounts, Commit
-from lakever.errors import RowError, RowNotFoundError, ValidationError, VersionUnavailableError
+from lakever.errors import (
+    InvalidInputError,
+    RowError,
+    RowNotFoundError,
+    ValidationError,
+    VersionUnavailableError,
+)
 from lakever.schema import key_column, prepare_rows, table_kind
 from lakever.storage import Location
 
@@ -43,11 +49,14 @@ class TableChange:
     positions: pl.DataFrame = field(default_factory=pl.DataFrame)
     positions_version: int = -1  # the table version the positions hold for
     purge: bool = False  # optimize: rewrite the files carrying deletion vectors, same rows
+    adopt: Any = None  # a distributed write: staged files added as they are (writer.Adoption)
 
     @property
     def is_empty(self) -> bool:
         """Whether the change leaves the table as it was."""
         if self.drop or self.restore_to is not None or self.replace is not None or self.purge:
+            return False
+        if self.adopt is not None:
             return False
         return self.inserts.is_empty() and self.updates.is_empty() and self.deletes.is_empty()
 
@@ -77,6 +86,7 @@ class Stage:
         self._looked_up: dict[str, pl.Series] = {}  # keys whose base rows are in _base
         self._restores: dict[str, int | None] = {}
         self._purges: set[str] = set()
+        self._adopts: dict[str, tuple[Any, ChangeCounts]] = {}
         self._replaces: dict[str, tuple[pl.DataFrame, ChangeCounts]] = {}
         self._schemas: dict[str, dict[str, pl.DataType]] = {}
         self._positions: dict[str, list[pl.DataFrame]] = {}
@@ -392,7 +402,13 @@ class Stage:
     def touched_tables(self) -> list[str]:
         """Tables this stage changes, sorted (the order claims are taken in)."""
         touched = set(self._puts) | set(self._deletes) | set(self._restores) | set(self._replaces)
-        return sorted(touched | self._purges)
+        return sorted(touched | self._purges | set(self._adopts))
+
+    def adopt(self, table: str, adoption: Any, counts: ChangeCounts) -> None:
+        """Stage staged files to be added as they are (`lakever.writer`); alone in its table."""
+        if table in self._puts or table in self._deletes:
+            raise InvalidInputError(f"a distributed write to {table!r} takes a commit of its own")
+        self._adopts[table] = (adoption, counts)
 
     def changes(
         self, count_restore: Callable[[str, int | None], ChangeCounts]
@@ -401,6 +417,15 @@ class Stage:
         out = []
         for table in self.touched_tables():
             key = key_column(table_kind(table))
+            if table in self._adopts:
+                adoption, counts = self._adopts[table]
+                empty = pl.DataFrame()
+                out.append(
+                    TableChange(
+                        table, key, empty, empty, empty, empty, adopt=adoption, counts=counts
+                    )
+                )
+                continue
             if table in self._replaces:
                 rows, counts = self._replaces[table]
                 empty = pl.DataFrame()

@@ -21,6 +21,7 @@ from lakever.uploads import Upload, UploadRecords
 
 if TYPE_CHECKING:
     from lakever.dataset import Dataset
+    from lakever.writer import StagedWriter
 
 
 class DataIO:
@@ -222,6 +223,27 @@ class DataIO:
         ds = self._self()
         ds.head  # noqa: B018 - refuses a deleted dataset
         return UploadRecords(ds.root).listing(status=status, limit=limit)
+
+    def writer(self, table: str, *, mode: str = "upsert", job_id: str) -> StagedWriter:
+        """A staging folder for a distributed job's Parquet files, and the commit adopting them.
+
+        Workers (Spark, Dask, Ray) write Parquet files with the table's
+        columns and types into `StagedWriter.staging_uri`; `commit()` validates
+        them and adds them as they are in one commit (see `lakever.writer`).
+
+        Args:
+            table: 'frames', 'labels' or an existing 'inferences/<set>'.
+            mode: "upsert" (rows of existing keys are replaced) or "add" (none may exist).
+            job_id: one commit per id, however often the driver retries.
+
+        Example:
+            >>> w = ds.writer("labels", job_id="relabel-2026-12-02")  # doctest: +SKIP
+            >>> sdf.write.parquet(w.staging_uri)  # doctest: +SKIP
+            >>> w.commit(message="vendor batch 7")  # doctest: +SKIP
+        """
+        from lakever.writer import StagedWriter
+
+        return StagedWriter(self._self(), table, mode=mode, job_id=job_id)
 
     def upload(self, upload_id: str) -> Upload:
         """The upload with this id (UploadNotFoundError if there is none)."""

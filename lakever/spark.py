@@ -141,3 +141,25 @@ def _version_in(spark: Any, path: str, table: str, at: Any, *, key: str = "table
         if table in versions and versions[table] is not None:
             return int(versions[table])
     raise InvalidRefError(f"{at!r} has no table {table!r}")
+
+
+def write(
+    sdf: Any,
+    ds: Any,
+    table: str,
+    *,
+    mode: str = "upsert",
+    job_id: str,
+    message: str | None = None,
+) -> Any:
+    """Write a Spark DataFrame into `table` of `ds` in one lakever commit (no row via the driver).
+
+    The executors write Parquet files into the job's staging folder
+    (`Dataset.writer`), then the driver validates and adopts them. A retry
+    with the same `job_id` returns the first commit.
+    """
+    w = ds.writer(table, mode=mode, job_id=job_id)
+    done = w._marker().read_or_none()
+    if done is None:
+        sdf.select(*[f.name for f in w.schema]).write.mode("overwrite").parquet(w.staging_uri)
+    return w.commit(message=message)

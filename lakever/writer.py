@@ -1,0 +1,263 @@
+"""Distributed writes: workers write Parquet files, one lakever commit adopts them.
+
+`Dataset.writer(table, mode=, job_id=)` gives a `StagedWriter` whose
+`staging_uri` is a folder inside the table (``<table>/_staging/<job>/``),
+invisible to every reader (no log version names its files). A Spark, Dask or
+Ray job writes Parquet files there; `commit()` then:
+
+1. validates every staged file as any write is validated (schema and types,
+   rules, classes in the map, keys unique within and across the files,
+   frames that exist), reading one file at a time and keeping only a key index
+   (key and frame id per row) across files; a bad row fails the whole commit
+   with `ValidationError` naming the file and row, and nothing is visible;
+2. publishes one commit whose table version *adds the staged files where
+   they are* (no row is rewritten or sent through this process) and, for
+   ``mode="upsert"``, masks the rows of keys that already existed with
+   deletion vectors (``mode="add"`` refuses existing keys).
+
+Exactly once: the commit records the job id; committing the same job again
+returns the first commit (a job marker is written after the publish; if the
+process died before writing it, the staged files found live at the base tell
+the same). Staged files of a job that never commits are reclaimed by `gc`
+after `_gcfiles.STAGING_GRACE`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from lakever import _deltalog
+from lakever.commits import ChangeCounts, Commit
+from lakever.errors import InvalidInputError, RowError, ValidationError
+from lakever.filenames import encode
+from lakever.info import default_author
+from lakever.schema import FRAMES, INFERENCES_PREFIX, key_column, prepare_rows, table_kind
+
+if TYPE_CHECKING:
+    from lakever._staging import Stage
+    from lakever.dataset import Dataset
+    from lakever.storage import Location
+
+MODES = ("upsert", "add")
+STAGING = "_staging"
+JOB_META = "job"
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """Staged files a commit adds to a table as they are.
+
+    Attributes:
+        adds: their `add` actions (paths relative to the table).
+        keys: every key they hold.
+        mask: mask the rows these keys had (upsert); else none may exist.
+        rows: rows in the files.
+    """
+
+    adds: list[dict[str, Any]]
+    keys: pl.Series
+    mask: bool
+    rows: int
+
+
+class _Committed(Exception):
+    """The job's files are live at the base already: it was committed."""
+
+
+class StagedWriter:
+    """Where a distributed job writes one table's rows, and the commit that adopts them.
+
+    Attributes:
+        table: 'frames', 'labels' or 'inferences/<set>'.
+        mode: 'upsert' or 'add'.
+        job_id: the job's id: one commit per id, whatever the retries.
+        staging_uri: the folder workers write Parquet files into.
+    """
+
+    def __init__(self, ds: Dataset, table: str, *, mode: str, job_id: str) -> None:
+        table_kind(table)
+        if mode not in MODES:
+            raise InvalidInputError(f"mode must be 'upsert' or 'add', got {mode!r}")
+        if not job_id or not str(job_id).strip():
+            raise InvalidInputError("job_id must be a non-empty string")
+        if table not in ds.head.table_versions:
+            raise InvalidInputError(
+                f"dataset {ds.name!r} has no table {table!r}; create it with one ordinary "
+                "write first"
+            )
+        self._ds = ds
+        self.table = table
+        self.mode = mode
+        self.job_id = str(job_id)
+        self._folder = f"{STAGING}/{encode(self.job_id)}"
+        self._staging = ds.table_location(table).child(*self._folder.split("/"))
+
+    @property
+    def staging_uri(self) -> str:
+        """The folder (local path or s3:// URI) the job's workers write Parquet files into."""
+        return self._staging.uri
+
+    @property
+    def schema(self) -> Any:
+        """The table's Arrow schema: staged files must have exactly these columns and types."""
+        return self._ds.read(self.table).head(0).to_arrow().schema
+
+    def __repr__(self) -> str:
+        return f"StagedWriter({self._ds.name!r}, {self.table!r}, job_id={self.job_id!r})"
+
+    def _marker(self) -> Location:
+        return self._ds.root.child("_lakever", "jobs", f"{encode(self.job_id)}.json")
+
+    def commit(self, *, message: str | None = None, author: str | None = None) -> Commit:
+        """Validate the staged files, then adopt them in one commit (see the module doc).
+
+        Returns the commit; the same commit again for a job committed before.
+
+        Raises:
+            ValidationError: a staged row breaks a rule (file and row named); nothing
+                is committed.
+            InvalidInputError: no staged file, or a file whose columns or types
+                differ from the table's.
+        """
+        ds = self._ds
+        done = self._marker().read_or_none()
+        if done is not None:
+            return ds._log.get(int(json.loads(done)["seq"]))
+        adoption, frames_of = self._validate()
+        loc = ds.table_location(self.table)
+        set_name = (
+            self.table[len(INFERENCES_PREFIX) :]
+            if self.table.startswith(INFERENCES_PREFIX)
+            else None
+        )
+
+        def op(st: Stage) -> None:
+            base = st.base_version(self.table)
+            live = _deltalog.files_at(loc, base).adds if base is not None else {}
+            if any(a["path"] in live for a in adoption.adds):
+                raise _Committed
+            if frames_of is not None:
+                pinned = st.pins.get(set_name) if set_name else None
+                st.require_frames(self.table, frames_of, pinned=pinned)
+            existing = st.existing_keys(self.table, adoption.keys)
+            if self.mode == "add" and not existing.is_empty():
+                raise ValidationError(
+                    self.table,
+                    [RowError("exists", k, adoption.keys.name, k, "already exists; use "
+                              "mode='upsert' to replace it") for k in existing.head(100).to_list()],
+                )  # fmt: skip
+            counts = ChangeCounts(added=adoption.rows - existing.len(), modified=existing.len())
+            st.adopt(self.table, adoption, counts)
+            st.meta[JOB_META] = self.job_id
+
+        try:
+            commit = ds._run(
+                [op],
+                message=message or f"adopt job {self.job_id} into {self.table}",
+                author=author or default_author(ds.root),
+                operation="write",
+            )
+        except _Committed:
+            commit = self._find_committed()
+        self._marker().put(json.dumps({"seq": commit.seq, "id": commit.id}).encode())
+        return commit
+
+    def _find_committed(self) -> Commit:
+        """The commit of this job (its marker was never written: the process died after it)."""
+        for commit in self._ds.log():
+            if commit.meta.get(JOB_META) == self.job_id:
+                return commit
+        raise InvalidInputError(f"job {self.job_id!r}: its files are live but no commit names it")
+
+    def _validate(self) -> tuple[Adoption, pl.DataFrame | None]:
+        ds = self._ds
+        head = ds.head
+        loc = ds.table_location(self.table)
+        files = sorted(
+            (rel, size)
+            for rel, size, _ in self._staging.list_tree()
+            if rel.endswith(".parquet") and not rel.rsplit("/", 1)[-1].startswith(("_", "."))
+        )
+        if not files:
+            raise InvalidInputError(
+                f"job {self.job_id!r} staged no Parquet file in {self.staging_uri}"
+            )
+        schema = ds.at(head).scan(self.table).collect_schema()
+        key = key_column(table_kind(self.table))
+        keys: list[pl.DataFrame] = []
+        adds: list[dict[str, Any]] = []
+        errors: list[RowError] = []
+        now = int(time.time() * 1000)
+        for rel, size in files:
+            df = pl.read_parquet(self._staging.child(rel).uri, storage_options=loc.delta_options())
+            _same_columns(rel, df, dict(schema))
+            try:
+                prepared = prepare_rows(self.table, df, classes=head.classes, existing=dict(schema))
+            except ValidationError as exc:
+                errors += [_in_file(e, rel, df, key) for e in exc.errors]
+                continue
+            _same_types(rel, df, prepared)
+            cols = [key] + (["frame_id"] if self.table != FRAMES else [])
+            keys.append(df.select(cols).with_columns(pl.lit(rel).alias("__file")))
+            adds.append(
+                {
+                    "path": urllib.parse.quote(f"{self._folder}/{rel}"),
+                    "partitionValues": {},
+                    "size": size,
+                    "modificationTime": now,
+                    "dataChange": True,
+                    "stats": _stats(df),
+                }
+            )
+        index = pl.concat(keys) if keys else pl.DataFrame(schema={key: pl.String})
+        twice = index.filter(pl.col(key).is_duplicated()) if keys else index
+        errors += [
+            RowError("duplicate_key", k, key, k, f"staged more than once (file {f})")
+            for k, f in twice.select(key, "__file").head(100).iter_rows()
+        ]
+        if errors:
+            raise ValidationError(self.table, errors)
+        frames_of = index.select(key, "frame_id") if self.table != FRAMES else None
+        adoption = Adoption(adds, index[key], mask=self.mode == "upsert", rows=index.height)
+        return adoption, frames_of
+
+
+def _stats(df: pl.DataFrame) -> str:
+    from lakever._mor import stats_of
+
+    return stats_of(df)
+
+
+def _same_columns(rel: str, df: pl.DataFrame, schema: dict[str, pl.DataType]) -> None:
+    if set(df.columns) != set(schema):
+        missing = sorted(set(schema) - set(df.columns))
+        extra = sorted(set(df.columns) - set(schema))
+        raise InvalidInputError(
+            f"staged file {rel}: its columns differ from the table's (missing {missing}, "
+            f"extra {extra}); write the table's columns ({', '.join(schema)})"
+        )
+
+
+def _same_types(rel: str, df: pl.DataFrame, prepared: pl.DataFrame) -> None:
+    for name, dtype in prepared.schema.items():
+        if df.schema[name] != dtype:
+            raise InvalidInputError(
+                f"staged file {rel}: column {name!r} is {df.schema[name]}, the table's is "
+                f"{dtype}; write it with the table's types (StagedWriter.schema)"
+            )
+
+
+def _in_file(e: RowError, rel: str, df: pl.DataFrame, key: str) -> RowError:
+    """`e` with the file and row it came from."""
+    row = None
+    if e.key is not None and key in df.columns:
+        hits = df.with_row_index("__row").filter(pl.col(key) == e.key)["__row"]
+        row = int(hits[0]) if hits.len() else None
+    where = f"file {rel}" + (f", row {row}" if row is not None else "")
+    return RowError(e.rule, e.key, e.column, e.value, f"{where}: {e.detail}")
