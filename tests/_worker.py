@@ -165,6 +165,10 @@ def main() -> int:
         return 0
     ds = lake.dataset(name, branch=os.environ.get("LAKEVER_TEST_BRANCH") or None)
     say("READY")
+    if mode == "adopt":  # commit the job WRITER staged in labels (a driver that may die)
+        c = ds.writer("labels", job_id=writer).commit()
+        say(f"ACK {c.seq} {c.id}")
+        return 0
     if mode == "merge-loop":  # merge branch WRITER into the handle's branch, COUNT times
         for i in range(int(count)):
             result = ds.merge(writer, on_conflict="theirs")

@@ -147,3 +147,83 @@ def spark() -> Any:
     from tests.test_engines import spark as engines_spark
 
     yield from engines_spark.__wrapped__()  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_a_driver_killed_while_committing_leaves_head_as_it_was_or_committed(
+    lake: lv.Lake, lake_uri: tuple[str, dict[str, str]]
+) -> None:
+    import random
+    import signal
+    import time
+
+    from tests.test_crash_and_concurrency import spawn, wait_ready
+
+    ds = lake.create_dataset("street", classes=CLASSES)
+    ds.add_frames(frames(FIDS))
+    ds.upsert_labels(labels(FIDS, per_frame=2))
+    rng = random.Random(4)
+    outcomes = set()
+    for round_ in range(4):
+        job = f"job-{round_}"
+        w = ds.writer("labels", job_id=job)
+        rows = labels(FIDS[:30], per_frame=1, start=10 + round_, cls="person")
+        lake.root.child("datasets", "street", "labels", "_staging", job, "a.parquet").put(
+            _parquet(rows, w.schema)
+        )
+        before = ds.head
+        proc = spawn("adopt", lake.uri, "street", job, 0, lake_uri[1],
+                     LAKEVER_TEST_PAUSE_BEFORE_PUBLISH="0.3")  # fmt: skip
+        wait_ready(proc)
+        time.sleep(rng.uniform(0.0, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        head = ds.head
+        have = set(ds.read("labels")["label_id"])
+        if head.id == before.id:
+            outcomes.add("before")
+            assert not have & set(rows["label_id"])
+        else:
+            outcomes.add("committed")
+            assert head.meta.get("job") == job and set(rows["label_id"]) <= have
+        again = ds.writer("labels", job_id=job).commit()  # the retried driver: exactly once
+        assert again.meta["job"] == job
+        got = ds.read("labels")
+        assert got["label_id"].n_unique() == got.height
+        assert set(rows["label_id"]) <= set(got["label_id"])
+        assert ds.writer("labels", job_id=job).commit().id == again.id
+    assert "before" in outcomes
+
+
+@pytest.mark.slow
+def test_a_commit_racing_other_writers_loses_nothing(
+    lake: lv.Lake, lake_uri: tuple[str, dict[str, str]]
+) -> None:
+    from tests.test_crash_and_concurrency import finish, spawn
+
+    ds = lake.create_dataset("street", classes=CLASSES)
+    ds.add_frames(frames([*FIDS, "shared-00000"]))
+    ds.upsert_labels(labels(FIDS, per_frame=2))
+    w = ds.writer("labels", job_id="race")
+    rows = labels(FIDS, per_frame=1, start=9, cls="bike")
+    lake.root.child("datasets", "street", "labels", "_staging", "race", "a.parquet").put(
+        _parquet(rows, w.schema)
+    )
+    procs = [spawn("write", lake.uri, "street", f"w{i}", 4, lake_uri[1]) for i in range(2)]
+    commit = w.commit()
+    outs = finish(procs)
+    acked = [line.split()[2] for out in outs for line in out.splitlines() if line.startswith("ACK")]
+    ids = {c.id for c in ds.log()}
+    assert set(acked) <= ids and commit.id in ids
+    got = ds.read("labels")
+    assert (
+        set(rows["label_id"]) <= set(got["label_id"]) and got["label_id"].n_unique() == got.height
+    )
+
+
+def _parquet(rows: pl.DataFrame, schema: Any) -> bytes:
+    import io
+
+    sink = io.BytesIO()
+    pq.write_table(rows.to_arrow().cast(schema), sink)
+    return sink.getvalue()
