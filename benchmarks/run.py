@@ -6,6 +6,8 @@ python benchmarks/run.py --only core   # or --only diff, --only edits (1M and 5M
                                        # --only branches (1M and 5M labels, with Lance),
                                        # --only engines (one-call reads of a 5M-label
                                        #   snapshot after 100 edits, every engine)
+                                       # --only writes (adopting 1,000 staged files; Sail
+                                       #   writing 5M labels through lakever)
                                        # --only clone (clones at 1M and 5M labels, local
                                        #   and S3; merging two 1M-label datasets),
                                        # --only ingest (streaming 1M labels, COCO 1M boxes),
@@ -40,6 +42,7 @@ from benchmarks import (
     bench_ingest,
     bench_lifecycle,
     bench_review,
+    bench_writes,
 )
 from benchmarks._common import save
 
@@ -61,6 +64,7 @@ def main() -> int:
             "branches",
             "clone",
             "engines",
+            "writes",
         ],
         action="append",
         help="run only these suites",
@@ -118,6 +122,13 @@ def main() -> int:
                 sizes=[100_000] if args.quick else [1_000_000, 5_000_000],
                 s3_labels=100_000 if args.quick else 1_000_000,
                 merge_labels=100_000 if args.quick else 1_000_000,
+            )
+        elif suite == "writes":
+            sections = bench_writes.run(
+                work,
+                n_labels=100_000 if args.quick else 1_000_000,
+                n_files=100 if args.quick else 1_000,
+                spark_labels=100_000 if args.quick else 5_000_000,
             )
         elif suite == "engines":
             sections = bench_engines.run(

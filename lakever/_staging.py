@@ -235,7 +235,26 @@ class Stage:
             present.append(base[key])
         if not present:
             return pl.Series(key, [], dtype=pl.String)
-        return keys.filter(keys.is_in(pl.concat(present).implode()))
+        hits = pl.concat(present).rename(key).to_frame()
+        return keys.rename(key).to_frame().join(hits, on=key, how="semi").get_column(key)
+
+    def base_keys_among(self, table: str, keys: pl.Series) -> pl.Series:
+        """Which of `keys` (millions, say) exist at the base, ignoring staged changes.
+
+        One read of the key column of the files whose statistics overlap the
+        keys' range, and one join: for a table nothing else in this commit
+        touches (a distributed write).
+        """
+        key = key_column(table_kind(table))
+        if self.base_is_empty(table) or keys.is_empty():
+            return pl.Series(key, [], dtype=pl.String)
+        lo, hi = str(keys.min()), str(keys.max())
+        loc = self._loc(table)
+        have = self._at_base(table, lambda v: _feed.keys_between(loc, v, key, lo, hi, table=table))[
+            0
+        ]
+        probe = keys.rename(key).to_frame().cast({key: have.schema[key]})
+        return probe.join(have, on=key, how="semi").get_column(key)
 
     def existing_keys(self, table: str, keys: pl.Series) -> pl.Series:
         """Which of `keys` exist in the current state of `table` (base, then staged changes)."""

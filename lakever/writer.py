@@ -37,7 +37,14 @@ from lakever.commits import ChangeCounts, Commit
 from lakever.errors import InvalidInputError, RowError, ValidationError
 from lakever.filenames import encode
 from lakever.info import default_author
-from lakever.schema import FRAMES, INFERENCES_PREFIX, key_column, prepare_rows, table_kind
+from lakever.schema import (
+    FRAMES,
+    INFERENCES_PREFIX,
+    key_column,
+    prepare_rows,
+    repeated_values,
+    table_kind,
+)
 
 if TYPE_CHECKING:
     from lakever._staging import Stage
@@ -145,7 +152,7 @@ class StagedWriter:
             if frames_of is not None:
                 pinned = st.pins.get(set_name) if set_name else None
                 st.require_frames(self.table, frames_of, pinned=pinned)
-            existing = st.existing_keys(self.table, adoption.keys)
+            existing = st.base_keys_among(self.table, adoption.keys)
             if self.mode == "add" and not existing.is_empty():
                 raise ValidationError(
                     self.table,
@@ -216,7 +223,8 @@ class StagedWriter:
                 }
             )
         index = pl.concat(keys) if keys else pl.DataFrame(schema={key: pl.String})
-        twice = index.filter(pl.col(key).is_duplicated()) if keys else index
+        repeated = repeated_values(index[key]) if keys else index[key]
+        twice = index.filter(pl.col(key).is_in(repeated.implode()))
         errors += [
             RowError("duplicate_key", k, key, k, f"staged more than once (file {f})")
             for k, f in twice.select(key, "__file").head(100).iter_rows()
