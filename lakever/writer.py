@@ -25,8 +25,10 @@ after `_gcfiles.STAGING_GRACE`.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
 MODES = ("upsert", "add")
 STAGING = "_staging"
 JOB_META = "job"
+_WORKERS = min(8, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -195,33 +198,39 @@ class StagedWriter:
             raise InvalidInputError(
                 f"job {self.job_id!r} staged no Parquet file in {self.staging_uri}"
             )
-        schema = ds.at(head).scan(self.table).collect_schema()
+        schema = dict(ds.at(head).scan(self.table).collect_schema())
         key = key_column(table_kind(self.table))
-        keys: list[pl.DataFrame] = []
-        adds: list[dict[str, Any]] = []
-        errors: list[RowError] = []
         now = int(time.time() * 1000)
-        for rel, size in files:
-            df = pl.read_parquet(self._staging.child(rel).uri, storage_options=loc.delta_options())
-            _same_columns(rel, df, dict(schema))
+        cols = [key] + (["frame_id"] if self.table != FRAMES else [])
+        options = loc.delta_options()
+
+        def check(item: tuple[str, int]) -> tuple[list[RowError], pl.DataFrame | None, Any]:
+            """One staged file: its rule errors, or its keys and `add` action."""
+            rel, size = item
+            df = pl.read_parquet(self._staging.child(rel).uri, storage_options=options)
+            _same_columns(rel, df, schema)
             try:
-                prepared = prepare_rows(self.table, df, classes=head.classes, existing=dict(schema))
+                prepared = prepare_rows(self.table, df, classes=head.classes, existing=schema)
             except ValidationError as exc:
-                errors += [_in_file(e, rel, df, key) for e in exc.errors]
-                continue
+                return [_in_file(e, rel, df, key) for e in exc.errors], None, None
             _same_types(rel, df, prepared)
-            cols = [key] + (["frame_id"] if self.table != FRAMES else [])
-            keys.append(df.select(cols).with_columns(pl.lit(rel).alias("__file")))
-            adds.append(
-                {
-                    "path": urllib.parse.quote(f"{self._folder}/{rel}"),
-                    "partitionValues": {},
-                    "size": size,
-                    "modificationTime": now,
-                    "dataChange": True,
-                    "stats": _stats(df),
-                }
-            )
+            add = {
+                "path": urllib.parse.quote(f"{self._folder}/{rel}"),
+                "partitionValues": {},
+                "size": size,
+                "modificationTime": now,
+                "dataChange": True,
+                "stats": _stats(df),
+            }
+            return [], df.select(cols).with_columns(pl.lit(rel).alias("__file")), add
+
+        # Files are checked a few at a time (Polars releases the GIL): memory
+        # holds one file per worker, plus the key index.
+        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+            checked = list(pool.map(check, files))
+        errors = [e for errs, _, _ in checked for e in errs]
+        keys = [k for _, k, _ in checked if k is not None]
+        adds = [a for _, _, a in checked if a is not None]
         index = pl.concat(keys) if keys else pl.DataFrame(schema={key: pl.String})
         repeated = repeated_values(index[key]) if keys else index[key]
         twice = index.filter(pl.col(key).is_in(repeated.implode()))
