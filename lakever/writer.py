@@ -7,8 +7,8 @@ Ray job writes Parquet files there; `commit()` then:
 
 1. validates every staged file as any write is validated (schema and types,
    rules, classes in the map, keys unique within and across the files,
-   frames that exist), reading one file at a time and keeping only a key index
-   (key and frame id per row) across files; a bad row fails the whole commit
+   frames that exist), a few files at a time in threads, keeping only a key
+   index (key and frame id per row) across files; a bad row fails the whole commit
    with `ValidationError` naming the file and row, and nothing is visible;
 2. publishes one commit whose table version *adds the staged files where
    they are* (no row is rewritten or sent through this process) and, for
