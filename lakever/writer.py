@@ -116,7 +116,8 @@ class StagedWriter:
     @property
     def schema(self) -> Any:
         """The table's Arrow schema: staged files must have exactly these columns and types."""
-        return self._ds.read(self.table).head(0).to_arrow().schema
+        columns = self._ds.scan(self.table).collect_schema()  # the log alone: no row is read
+        return pl.DataFrame(schema=columns).to_arrow().schema
 
     def __repr__(self) -> str:
         return f"StagedWriter({self._ds.name!r}, {self.table!r}, job_id={self.job_id!r})"
