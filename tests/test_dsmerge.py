@@ -215,3 +215,27 @@ def test_a_merge_killed_at_random_points_leaves_nothing_or_everything(
             outcomes.add("complete")
         assert table_hash(lake.dataset(name).read("labels")) == want
     assert "nothing" in outcomes
+
+
+def test_merge_from_plans_again_when_its_target_moves(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lakever import dsmerge
+
+    a = _vendor(local_lake, "vendor-a", SHARED, prefix="a")
+    _vendor(local_lake, "vendor-b", ONLY_B, prefix="b")
+    real = dsmerge.plan
+    calls = []
+
+    def racing(*args: object, **kw: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:  # another writer commits to the target right after the first plan
+            local_lake.dataset("vendor-a").upsert_labels(labels(SHARED[:1], per_frame=1, start=7))
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dsmerge, "plan", racing)
+    report = a.merge_from(["vendor-b"])
+    assert len(calls) == 2  # planned again on the moved head
+    got = set(a.read("labels")["label_id"])
+    assert f"{SHARED[0]}-l7" in got  # the racing commit is kept
+    assert {f"{f}-b0" for f in ONLY_B} <= got and report.commit.parent == a.log()[1].id
