@@ -34,7 +34,7 @@ from deltalake import DeltaTable
 import lakever as lv
 from benchmarks._common import fmt_b, fmt_s, fresh_dir, markdown, tree_bytes
 from benchmarks.bench_edits import plan as edit_plan
-from lakever import _deltalog, _mor, sample
+from lakever import _datafiles, _deltalog, sample
 
 ZERO = timedelta(0)
 
@@ -149,12 +149,12 @@ def gc_after_edits(work: Path, n_labels: int, edits: int) -> tuple[str, lv.Datas
 @contextmanager
 def _small_files(rows: int) -> Iterator[None]:
     """Merge-on-read edits write files of `rows` rows (to make many files quickly)."""
-    real = _mor.rows_per_file
-    _mor.rows_per_file = lambda files: rows  # type: ignore[assignment]
+    real = _datafiles.rows_per_file
+    _datafiles.rows_per_file = lambda files, sample=None: rows  # type: ignore[assignment]
     try:
         yield
     finally:
-        _mor.rows_per_file = real  # type: ignore[assignment]
+        _datafiles.rows_per_file = real  # type: ignore[assignment]
 
 
 def _many_files(lake: lv.Lake, n_files: int) -> lv.Dataset:

@@ -14,6 +14,10 @@ python benchmarks/run.py --only core   # or --only diff, --only edits (1M and 5M
                                        # --only review (evaluation vs pycocotools, segments)
                                        # --only lifecycle (GC after 100 edits at 5M labels,
                                        #   GC of 10k files local and S3, archiving)
+                                       # --only scale (import, edit, diff, read at 1M, 5M,
+                                       #   20M and 50M labels; ~25 min, ~12 GiB RAM)
+python benchmarks/run.py --only scale --scale-sizes 5 --target-mib 16
+                                       # one size (millions of labels), one data file size
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from benchmarks import (
     bench_ingest,
     bench_lifecycle,
     bench_review,
+    bench_scale,
     bench_writes,
 )
 from benchmarks._common import save
@@ -65,12 +70,21 @@ def main() -> int:
             "clone",
             "engines",
             "writes",
+            "scale",
         ],
         action="append",
         help="run only these suites",
     )
     parser.add_argument(
         "--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--scale-sizes",
+        default="1,5,20,50",
+        help="scale suite: sizes in millions of labels, comma-separated",
+    )
+    parser.add_argument(
+        "--target-mib", type=int, default=None, help="scale suite: lakever's data file size"
     )
     args = parser.parse_args()
     suites = args.only or ["core", "diff", "edits", "ingest", "review", "lifecycle"]
@@ -134,6 +148,13 @@ def main() -> int:
             sections = bench_engines.run(
                 work, n_labels=100_000 if args.quick else 5_000_000, edits=10 if args.quick else 100
             )
+        elif suite == "scale":
+            sizes = (
+                [200_000, 500_000]
+                if args.quick
+                else [int(float(x) * 1_000_000) for x in args.scale_sizes.split(",")]
+            )
+            sections = bench_scale.run(work, sizes=sizes, target_mib=args.target_mib)
         elif suite == "edits":
             sizes = [100_000] if args.quick else [1_000_000, 5_000_000]
             sections = bench_edits.run(work, sizes=sizes, many=30 if args.quick else 100)
@@ -149,6 +170,8 @@ def main() -> int:
                 history_commits=100 if args.quick else 1000,
             )
         name = f"{suite}-quick" if args.quick else suite
+        if suite == "scale" and (args.target_mib or args.scale_sizes != "1,5,20,50"):
+            name += f"-{args.scale_sizes.replace(',', '_')}m-{args.target_mib or 'default'}mib"
         path = save(name, sections, header)
         print(f"wrote {path} ({time.perf_counter() - started:.0f} s)")
     return 0

@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable
 
-from lakever import _delta, _deltalog, _mor
+from lakever import _datafiles, _delta, _deltalog, _mor
 from lakever.storage import Location
 
 #: Every write to a table with vectors merges a tier of small files once it holds this many.
@@ -55,7 +55,7 @@ def compact(
         return dt.version()
     arrow_schema, schema = _mor.schemas(dt)
     now = int(time.time() * 1000)
-    step = _mor.rows_per_file(files)
+    step = _datafiles.rows_per_file(files)
     with _mor.writing(loc, "compact") as written:
         adds: list[dict[str, Any]] = []
         pending = pl.DataFrame(schema=dict(schema))
@@ -70,12 +70,12 @@ def compact(
             full = pending.height // step * step
             if full:
                 out = pending.head(full)
-                adds += _mor.write_data(
+                adds += _datafiles.write(
                     loc, out, arrow_schema, files, now, written, data_change=False
                 )
                 pending = pending.slice(full)
         if pending.height:
-            adds += _mor.write_data(
+            adds += _datafiles.write(
                 loc, pending, arrow_schema, files, now, written, data_change=False
             )
         gone = [*small, *masked]

@@ -26,7 +26,6 @@ Which rows to mark comes from `_feed.lookup` (file and position of each key).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import time
@@ -37,11 +36,10 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 from deltalake import DeltaTable, TableFeatures
 from pyroaring import BitMap64
 
-from lakever import _delta, _deltalog
+from lakever import _datafiles, _deltalog
 from lakever._delta import (
     WriteConflict,
     boundary,
@@ -147,7 +145,7 @@ def write_edit(
         marks, removed_rows, survivors = _mark(loc, files, positions, budget=budget)
         data = pl.concat([edit.updates, edit.inserts, *survivors], how="diagonal_relaxed")
         data = data.select(list(schema)).sort(cluster)
-        adds = write_data(loc, data, arrow_schema, files, now, written)
+        adds = _datafiles.write(loc, data, arrow_schema, files, now, written)
         vector_actions = _write_vectors(loc, marks, files, now, written)
         cdc = write_cdc(loc, edit, schema, arrow_schema, now, written)
         actions = [_commit_info(claim, now, edit, len(adds), removed_rows), *vector_actions]
@@ -196,6 +194,54 @@ def adopt(
             {"num_added_files": len(adoption.adds), "num_deleted_rows": removed_rows},
         )
         publish(loc, base, [info, *actions])
+    return after_publish(dt, loc, files)
+
+
+def can_append(loc: Location, version: int, rows: pl.DataFrame) -> bool:
+    """Whether `append` may write `rows` to this table version.
+
+    Not when the table asks its writers to enforce or compute something
+    (`_datafiles.own_writer_can_write`) or a new column needs a table feature.
+    """
+    files = _deltalog.files_at(loc, version)
+    return (
+        _datafiles.own_writer_can_write(files) and _datafiles.added_fields(files, rows) is not None
+    )
+
+
+def append(dt: DeltaTable, loc: Location, rows: pl.DataFrame, claim: Mapping[str, str]) -> int:
+    """Add `rows` (sorted) as exactly the next version; new columns widen the schema.
+
+    The files are written a few at a time in threads (`_datafiles.write`);
+    a Delta reader and the change feed see a plain append (with a `metaData`
+    action first when columns are added, as delta-rs writes a schema merge).
+
+    Raises:
+        WriteConflict: another writer took the next version first.
+    """
+    base = dt.version()
+    files = _deltalog.files_at(loc, base)
+    actions: list[dict[str, Any]] = []
+    added = _datafiles.added_fields(files, rows) or []
+    if added:
+        meta = _datafiles.widened(files, added)
+        actions.append({"metaData": meta})
+        arrow_schema = _datafiles.arrow_schema_of(meta)
+        schema = dict(pl.DataFrame(arrow_schema.empty_table()).schema)
+    else:
+        arrow_schema, schema = schemas(dt)
+    data = _datafiles.conform(rows, schema)
+    now = int(time.time() * 1000)
+    with writing(loc, "append to") as written:
+        adds = _datafiles.write(loc, data, arrow_schema, files, now, written)
+        info = info_action(
+            claim,
+            now,
+            "WRITE",
+            {"mode": "Append"},
+            {"num_added_files": len(adds), "num_added_rows": data.height},
+        )
+        publish(loc, base, [info, *actions, *({"add": a} for a in adds)])
     return after_publish(dt, loc, files)
 
 
@@ -326,85 +372,6 @@ def _mark(
     return marks, removed, survivors
 
 
-def stats_of(df: pl.DataFrame) -> str:
-    """Delta statistics of a file holding `df` (as lakever writes them)."""
-    return _stats(df)
-
-
-def _stats(df: pl.DataFrame) -> str:
-    """Delta statistics of a new file: row count, min/max of string and integer columns, nulls."""
-    mins: dict[str, Any] = {}
-    maxs: dict[str, Any] = {}
-    nulls: dict[str, int] = {}
-    for name, dtype in df.schema.items():
-        col = df.get_column(name)
-        if dtype.is_nested():
-            continue
-        nulls[name] = col.null_count()
-        if col.null_count() == col.len():
-            continue
-        if dtype == pl.String or dtype.is_integer():
-            mins[name] = col.min()
-            maxs[name] = col.max()
-    return json.dumps(
-        {"numRecords": df.height, "minValues": mins, "maxValues": maxs, "nullCount": nulls},
-        separators=(",", ":"),
-    )
-
-
-def _parquet(df: pl.DataFrame, arrow_schema: pa.Schema) -> bytes:
-    table = df.to_arrow().cast(arrow_schema) if df.height else arrow_schema.empty_table()
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
-
-
-def rows_per_file(files: _deltalog.TableFiles) -> int:
-    """Rows that make a file of about the target size, judged from the table's files."""
-    size = rows = 0
-    for add in files.adds.values():
-        n = _deltalog.num_records(add)
-        if n:
-            size += int(add.get("size", 0))
-            rows += n
-    per_row = size / rows if rows else 64.0
-    return max(1000, int(_delta.TARGET_FILE_SIZE / max(per_row, 1.0)))
-
-
-def write_data(
-    loc: Location,
-    data: pl.DataFrame,
-    arrow_schema: pa.Schema,
-    files: _deltalog.TableFiles,
-    now: int,
-    written: list[Location],
-    *,
-    data_change: bool = True,
-) -> list[dict[str, Any]]:
-    adds = []
-    step = rows_per_file(files)
-    parts = max(1, -(-data.height // step))
-    step = max(1, -(-data.height // parts))  # files of even size read evenly in parallel
-    for offset in range(0, data.height, step):
-        chunk = data.slice(offset, step)
-        name = f"part-00000-{uuid.uuid4()}-c000.zstd.parquet"
-        blob = _parquet(chunk, arrow_schema)
-        target = loc.child(name)
-        written.append(target)
-        target.put(blob)
-        adds.append(
-            {
-                "path": name,
-                "partitionValues": {},
-                "size": len(blob),
-                "modificationTime": now,
-                "dataChange": data_change,
-                "stats": _stats(chunk),
-            }
-        )
-    return adds
-
-
 def _write_vectors(
     loc: Location,
     marks: Mapping[str, _Mark],
@@ -487,7 +454,7 @@ def write_cdc(
         return None
     rows = pl.concat(frames, how="diagonal_relaxed")
     cdc_schema = arrow_schema.append(pa.field("_change_type", pa.string()))
-    blob = _parquet(rows, cdc_schema)
+    blob = _datafiles.encode(rows, cdc_schema)
     name = f"_change_data/cdc-00000-{uuid.uuid4()}.zstd.parquet"
     target = loc.child(name)
     written.append(target)

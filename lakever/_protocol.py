@@ -27,6 +27,7 @@ from deltalake import DeltaTable
 
 from lakever import _claims, _compact, _delta, _mor, branches
 from lakever import _restore as _restore_mor
+from lakever._order import is_sorted_by
 from lakever._staging import OP_COLUMN, Stage, TableChange
 from lakever.commits import MAIN, OPEN, ChangeCounts, Commit, CommitLog
 from lakever.errors import (
@@ -449,7 +450,11 @@ class CommitRunner:
                 dt, loc, claim, table=change.table, cluster=_cluster_columns(dt), purge=True
             )
         elif change.updates.is_empty() and change.deletes.is_empty():
-            version = _delta.append(dt, _cluster(change.inserts), claim)
+            rows = _cluster(change.inserts)
+            if not _mor.can_append(loc, dt.version(), rows):
+                version = _delta.append(dt, rows, claim)
+            else:
+                version = _mor.append(dt, loc, rows, claim)
         elif self._edits == MERGE_ON_READ and not _adds_columns(dt, change):
             if not _mor.supports_vectors(loc, dt.version()):
                 _mor.enable_vectors(dt, claim)
@@ -562,7 +567,7 @@ def _cluster_columns(dt: DeltaTable) -> list[str]:
 def _cluster(rows: pl.DataFrame) -> pl.DataFrame:
     """Sort rows by frame so files hold contiguous frame ranges (edits then touch few files)."""
     by = [c for c in ("frame_id", "label_id") if c in rows.columns]
-    return rows.sort(by) if by else rows
+    return rows if not by or is_sorted_by(rows, by) else rows.sort(by)
 
 
 def _merge_source(change: TableChange) -> pl.DataFrame:

@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from lakever import _delta, _deltalog, _feed
+from lakever._order import distinct
 from lakever.commits import ChangeCounts, Commit
 from lakever.errors import (
     InvalidInputError,
@@ -401,8 +402,8 @@ class Stage:
         if puts is not None:
             parts.append(puts["frame_id"])
         existing = pl.DataFrame({"frame_id": pl.concat(parts)})
-        missing = pl.DataFrame({"frame_id": frame_ids}).join(existing, on="frame_id", how="anti")
-        return missing["frame_id"].unique()
+        asked = pl.DataFrame({"frame_id": distinct(frame_ids)})
+        return asked.join(existing, on="frame_id", how="anti")["frame_id"]
 
     def restore_table(self, table: str, version: int | None) -> None:
         """Make `table` equal its content at `version` (None: the table is dropped)."""

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import polars as pl
 from pyroaring import BitMap64
 
-from lakever import _building, _claims, _delta, _deltalog, _mor
+from lakever import _building, _claims, _datafiles, _delta, _deltalog, _mor
 from lakever._feed import POS_COLUMN, file_uri
 from lakever._protocol import MERGE_ON_READ
 from lakever.archive import ARCHIVED
@@ -393,7 +393,7 @@ def _filtered_adds(
         arrow_schema, schema = _mor.schemas(dt)
         rows = pl.concat(pl.collect_all(rewrite), how="diagonal_relaxed").select(list(schema))
         by = [c for c in ("frame_id", "label_id") if c in schema]
-        for add in _mor.write_data(table.dst, rows.sort(by), arrow_schema, files, now, written):
+        for add in _datafiles.write(table.dst, rows.sort(by), arrow_schema, files, now, written):
             out[add["path"]] = add
     return out, shared
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from lakever import _building
+from lakever._order import repeated_values
 from lakever.commits import ChangeCounts, Commit
 from lakever.errors import ClassMapMismatchError, InvalidInputError, MergeConflictError
 from lakever.info import DatasetInfo, default_author
@@ -41,7 +42,6 @@ from lakever.schema import (
     INFERENCES_PREFIX,
     LABELS,
     key_column,
-    repeated_values,
     table_kind,
 )
 

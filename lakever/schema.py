@@ -16,6 +16,7 @@ from typing import Any, Literal
 import polars as pl
 import pyarrow as pa
 
+from lakever._order import repeated_values
 from lakever.errors import InvalidInputError, RowError, TableNotFoundError, ValidationError
 
 TableKind = Literal["frames", "labels", "inferences"]
@@ -580,20 +581,6 @@ class _Preparation:
 def _has_duplicates(keys: pl.Series) -> bool:
     """Whether any non-null value occurs twice."""
     return not repeated_values(keys).is_empty()
-
-
-def repeated_values(keys: pl.Series) -> pl.Series:
-    """The non-null values that occur more than once, each once.
-
-    Sorting and comparing neighbours: several times faster on millions of
-    strings than hashing them (`is_duplicated`).
-    """
-    ordered = keys.drop_nulls().sort()
-    n = ordered.len()
-    if n < 2:
-        return ordered.clear()
-    same = ordered.slice(1) == ordered.slice(0, n - 1)
-    return ordered.slice(1).filter(same).unique()
 
 
 def _apply_rules(df: pl.DataFrame, check: _Checker, rules: list[Rule]) -> None:

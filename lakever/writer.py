@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lakever import _deltalog
+from lakever import _datafiles, _deltalog
+from lakever._order import repeated_values
 from lakever.commits import ChangeCounts, Commit
 from lakever.errors import InvalidInputError, RowError, ValidationError
 from lakever.filenames import encode
@@ -44,7 +45,6 @@ from lakever.schema import (
     INFERENCES_PREFIX,
     key_column,
     prepare_rows,
-    repeated_values,
     table_kind,
 )
 
@@ -221,7 +221,7 @@ class StagedWriter:
                 "size": size,
                 "modificationTime": now,
                 "dataChange": True,
-                "stats": _stats(df),
+                "stats": _datafiles.stats(df),
             }
             return [], df.select(cols).with_columns(pl.lit(rel).alias("__file")), add
 
@@ -244,12 +244,6 @@ class StagedWriter:
         frames_of = index.select(key, "frame_id") if self.table != FRAMES else None
         adoption = Adoption(adds, index[key], mask=self.mode == "upsert", rows=index.height)
         return adoption, frames_of
-
-
-def _stats(df: pl.DataFrame) -> str:
-    from lakever._mor import stats_of
-
-    return stats_of(df)
 
 
 def _same_columns(rel: str, df: pl.DataFrame, schema: dict[str, pl.DataType]) -> None:

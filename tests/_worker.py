@@ -30,7 +30,7 @@ def inject_fault(where: str, kind: str) -> None:
     """Make one step of a commit fail the way a user saw it fail (fault tests only)."""
     import errno
 
-    from lakever import _delta
+    from lakever import _mor
     from lakever.commits import CommitLog
 
     def boom() -> None:
@@ -69,14 +69,14 @@ def inject_fault(where: str, kind: str) -> None:
 
         s3fs.S3FileSystem._pipe_file = pipe
     elif where == "second-table":
-        real_append = _delta.append
+        real_append = _mor.append
 
-        def append(dt, rows, claim):  # type: ignore[no-untyped-def]
+        def append(dt, loc, rows, claim):  # type: ignore[no-untyped-def]
             if "label_id" in rows.columns:
                 boom()
-            return real_append(dt, rows, claim)
+            return real_append(dt, loc, rows, claim)
 
-        _delta.append = append
+        _mor.append = append
 
 
 def fail_once(ds: lv.Dataset) -> int:

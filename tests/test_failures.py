@@ -14,7 +14,8 @@ import pytest
 from deltalake import DeltaTable
 
 import lakever as lv
-from lakever import _claims, _delta
+from lakever import _claims, _delta, _mor
+from lakever.storage import Location
 from tests.helpers import CLASSES, frames, labels, read_only
 from tests.test_crash_and_concurrency import spawn, wait_ready
 
@@ -131,18 +132,20 @@ def test_in_process_failure_leaves_no_live_claim(
 ) -> None:
     ds = local_lake.create_dataset("shared", classes=CLASSES)
     ds.add_frames(frames(["base"]))
-    real = _delta.append
+    real = _mor.append
 
-    def fail_on_labels(dt: DeltaTable, rows: pl.DataFrame, claim: dict[str, str]) -> int:
+    def fail_on_labels(
+        dt: DeltaTable, loc: Location, rows: pl.DataFrame, claim: dict[str, str]
+    ) -> int:
         if "label_id" in rows.columns:
             raise KeyboardInterrupt
-        return real(dt, rows, claim)
+        return real(dt, loc, rows, claim)
 
-    monkeypatch.setattr(_delta, "append", fail_on_labels)
+    monkeypatch.setattr(_mor, "append", fail_on_labels)
     with pytest.raises(KeyboardInterrupt), ds.transaction() as tx:
         tx.add_frames(frames(["doomed"]))
         tx.upsert_labels(labels(["doomed"]))
-    monkeypatch.setattr(_delta, "append", real)
+    monkeypatch.setattr(_mor, "append", real)
     latest = DeltaTable(ds.root.child("frames").uri)
     info = latest.history(1)[0]
     assert info[_delta.META_RESTORED_TO] == str(ds.head.table_versions["frames"])  # undone
