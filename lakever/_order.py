@@ -41,11 +41,22 @@ def repeated_values(keys: pl.Series) -> pl.Series:
     """
     present = keys.drop_nulls()
     ordered = present if present.is_sorted() else present.sort()
-    n = ordered.len()
-    if n < 2:
-        return ordered.clear()
-    same = ordered.slice(1) == ordered.slice(0, n - 1)
-    return ordered.slice(1).filter(same).unique()
+    c = pl.col(ordered.name)
+    return ordered.to_frame().select(c.filter(c == c.shift())).to_series().unique()
+
+
+def flag_sorted(df: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
+    """`df` with Polars' sorted flag on each of `columns` whose values ascend (checked).
+
+    Later order checks, neighbour comparisons and the writer's sort then
+    cost nothing for them.
+    """
+    flagged = [
+        pl.col(c).set_sorted()
+        for c in dict.fromkeys(columns)
+        if c in df.columns and not df[c].null_count() and df[c].is_sorted()
+    ]
+    return df.with_columns(flagged) if flagged else df
 
 
 def distinct(values: pl.Series) -> pl.Series:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import polars as pl
 import pyarrow as pa
 
-from lakever._order import repeated_values
+from lakever._order import flag_sorted, repeated_values
 from lakever.errors import InvalidInputError, RowError, TableNotFoundError, ValidationError
 
 TableKind = Literal["frames", "labels", "inferences"]
@@ -563,6 +563,7 @@ class _Preparation:
         rules += _frame_rules(df) if kind == "frames" else _box_rules(df, self.classes, kind)
         rules += [r for r in self.extra_rules if r[1] in df.columns]
         _apply_rules(df, check, rules)
+        df = flag_sorted(df, [key, "frame_id"])  # later checks and the write then skip sorts
         if key in df.columns and _has_duplicates(df[key]):  # a sort: 20x faster than hashing
             keys = df[key]
             dup = keys.is_duplicated() & keys.is_not_null()

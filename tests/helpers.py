@@ -36,14 +36,16 @@ class S3Server:
     endpoint: str
 
     @classmethod
-    def start(cls) -> S3Server:
+    def start(cls, *, request_log: Path | None = None) -> S3Server:
+        """Start a server; with `request_log`, each request is a line of that file."""
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
+        log = open(request_log, "ab") if request_log else subprocess.DEVNULL  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=log,
         )
         endpoint = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
