@@ -380,6 +380,7 @@ def prepare_rows(
     classes: Sequence[str],
     existing: Mapping[str, pl.DataType] | None = None,
     partial: bool = False,
+    unique_keys: bool = True,
 ) -> pl.DataFrame:
     """Validate and normalise one batch for a table; raise on any bad row.
 
@@ -389,6 +390,8 @@ def prepare_rows(
         classes: the dataset's class map.
         existing: the current column types of the table (user columns keep theirs).
         partial: rows carry the key plus only the columns to change (update_frames).
+        unique_keys: refuse keys repeated within the batch (a caller that checks
+            keys across several batches at once passes False).
 
     Returns:
         The batch as a Polars DataFrame with canonical column types.
@@ -398,7 +401,9 @@ def prepare_rows(
     """
     df = to_polars(data)
     check = _Checker(table, df, key_column(table_kind(table)), None)
-    out = _Preparation(table, classes, existing, partial, check, screen=False).run(df)
+    prep = _Preparation(table, classes, existing, partial, check, screen=False)
+    prep.unique_keys = unique_keys
+    out = prep.run(df)
     check.raise_if_any()
     return out
 
@@ -483,6 +488,7 @@ class _Preparation:
         self.check = check
         self.screen = screen
         self.extra_rules = list(rules)
+        self.unique_keys = True
         self.index: pl.Series | None = check._index
 
     def _stage_done(self, df: pl.DataFrame) -> pl.DataFrame | None:
@@ -564,7 +570,7 @@ class _Preparation:
         rules += [r for r in self.extra_rules if r[1] in df.columns]
         _apply_rules(df, check, rules)
         df = flag_sorted(df, [key, "frame_id"])  # later checks and the write then skip sorts
-        if key in df.columns and _has_duplicates(df[key]):  # a sort: 20x faster than hashing
+        if self.unique_keys and key in df.columns and _has_duplicates(df[key]):  # a sort
             keys = df[key]
             dup = keys.is_duplicated() & keys.is_not_null()
             check.rows(dup, "duplicate_key", key, keys, "the batch holds this key more than once")

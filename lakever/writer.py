@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from lakever import _datafiles, _deltalog
-from lakever._order import repeated_values
+from lakever._order import flag_sorted, repeated_values
 from lakever.commits import ChangeCounts, Commit
 from lakever.errors import InvalidInputError, RowError, ValidationError
 from lakever.filenames import encode
@@ -211,7 +211,9 @@ class StagedWriter:
             df = pl.read_parquet(self._staging.child(rel).uri, storage_options=options)
             _same_columns(rel, df, schema)
             try:
-                prepared = prepare_rows(self.table, df, classes=head.classes, existing=schema)
+                prepared = prepare_rows(
+                    self.table, df, classes=head.classes, existing=schema, unique_keys=False
+                )  # keys are checked across every file below
             except ValidationError as exc:
                 return [_in_file(e, rel, df, key) for e in exc.errors], None, None
             _same_types(rel, df, prepared)
@@ -230,9 +232,15 @@ class StagedWriter:
         with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
             checked = list(pool.map(check, files))
         errors = [e for errs, _, _ in checked for e in errs]
-        keys = [k for _, k, _ in checked if k is not None]
+        # In the order of each file's first key: files written from sorted rows
+        # then concatenate sorted, and the key and frame checks skip sorting.
+        keys = sorted(
+            (k for _, k, _ in checked if k is not None and k.height),
+            key=lambda k: (k[key].min() is None, str(k[key].min())),
+        )
         adds = [a for _, _, a in checked if a is not None]
-        index = pl.concat(keys) if keys else pl.DataFrame(schema={key: pl.String})
+        empty = pl.DataFrame(schema={key: pl.String})
+        index = flag_sorted(pl.concat(keys), cols) if keys else empty
         repeated = repeated_values(index[key]) if keys else index[key]
         twice = index.filter(pl.col(key).is_in(repeated.implode()))
         errors += [
