@@ -154,7 +154,12 @@ def main() -> int:
                 if args.quick
                 else [int(float(x) * 1_000_000) for x in args.scale_sizes.split(",")]
             )
-            sections = bench_scale.run(work, sizes=sizes, target_mib=args.target_mib)
+            sections = bench_scale.run(
+                work,
+                sizes=sizes,
+                target_mib=args.target_mib,
+                spark_labels=max(sizes) if args.target_mib is None else 0,
+            )
         elif suite == "edits":
             sizes = [100_000] if args.quick else [1_000_000, 5_000_000]
             sections = bench_edits.run(work, sizes=sizes, many=30 if args.quick else 100)

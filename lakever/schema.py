@@ -570,7 +570,7 @@ class _Preparation:
         rules += [r for r in self.extra_rules if r[1] in df.columns]
         _apply_rules(df, check, rules)
         df = flag_sorted(df, [key, "frame_id"])  # later checks and the write then skip sorts
-        if self.unique_keys and key in df.columns and _has_duplicates(df[key]):  # a sort
+        if self.unique_keys and key in df.columns and _has_duplicates(df[key]):
             keys = df[key]
             dup = keys.is_duplicated() & keys.is_not_null()
             check.rows(dup, "duplicate_key", key, keys, "the batch holds this key more than once")

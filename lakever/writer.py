@@ -234,10 +234,9 @@ class StagedWriter:
         errors = [e for errs, _, _ in checked for e in errs]
         # In the order of each file's first key: files written from sorted rows
         # then concatenate sorted, and the key and frame checks skip sorting.
-        keys = sorted(
-            (k for _, k, _ in checked if k is not None and k.height),
-            key=lambda k: (k[key].min() is None, str(k[key].min())),
-        )
+        found = [k for _, k, _ in checked if k is not None]
+        firsts = sorted((str(k[key][0]) if k.height else "", i) for i, k in enumerate(found))
+        keys = [found[i] for _, i in firsts]
         adds = [a for _, _, a in checked if a is not None]
         empty = pl.DataFrame(schema={key: pl.String})
         index = flag_sorted(pl.concat(keys), cols) if keys else empty

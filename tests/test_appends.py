@@ -136,3 +136,15 @@ def test_sortedness_check_agrees_with_sorting(pairs: list[tuple[str, str]]) -> N
     assert sorted(repeated.to_list()) == sorted(
         {v for v in df["b"] if df["b"].to_list().count(v) > 1}
     )
+
+
+def test_repeated_values_stay_exact_when_every_hash_collides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = pl.Series("k", ["b", "a", "c", "a", None, "d", "b", None])
+    assert sorted(_order.repeated_values(keys).to_list()) == ["a", "b"]
+    monkeypatch.setattr(
+        pl.Series, "hash", lambda self, *a, **kw: pl.Series([0] * self.len(), dtype=pl.UInt64)
+    )
+    assert sorted(_order.repeated_values(keys).to_list()) == ["a", "b"]
+    assert _order.repeated_values(pl.Series("k", ["x", "z", "y"])).to_list() == []
