@@ -22,11 +22,12 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from lakever import _deltalog
-from lakever._feed import POS_COLUMN, file_uri
-from lakever.errors import UnsupportedEngineError
+from lakever._feed import file_uri
+from lakever.errors import StorageError, UnsupportedEngineError
 from lakever.storage import Location
 
 if TYPE_CHECKING:
@@ -98,13 +99,18 @@ def _snapshot_scan(lake: Any, dataset: str, table: str, name: str) -> pl.LazyFra
 def read_part(part: tuple[str, Mapping[str, Any] | None], loc: Location) -> pl.DataFrame:
     """The live rows of one data file: its deletion vector applied (decoded here, only here)."""
     path, dv = part
-    lf = pl.scan_parquet(
-        file_uri(loc, path), storage_options=loc.delta_options(), row_index_name=POS_COLUMN
-    )
-    if dv:
-        dead = pl.Series(list(_deltalog.read_vector(loc, dv)), dtype=pl.Int64)
-        lf = lf.filter(~pl.col(POS_COLUMN).cast(pl.Int64).is_in(dead.implode()))
-    return lf.drop(POS_COLUMN).collect()
+    df = pl.read_parquet(file_uri(loc, path), storage_options=loc.delta_options())
+    if not dv:
+        return df
+    dead = np.fromiter(_deltalog.read_vector(loc, dv), dtype=np.int64)
+    if dead.size and int(dead.max()) >= df.height:
+        raise StorageError(
+            f"the deletion vector of {file_uri(loc, path)} marks row {int(dead.max())} "
+            f"of a file of {df.height} rows; the table is damaged"
+        )
+    keep = np.ones(df.height, dtype=bool)  # a mask: no row index, no hash of positions
+    keep[dead] = False
+    return df.filter(pl.Series(keep))
 
 
 def parts(loc: Location, version: int) -> list[tuple[str, Mapping[str, Any] | None]]:
