@@ -170,7 +170,10 @@ class Location:
     def read_bytes(self) -> bytes:
         """Read the whole object; FileNotFoundError if it does not exist."""
         try:
-            data: bytes = self.fs.cat_file(self.path)
+            # One GET on S3: s3fs would first ask the size (a HEAD) to split
+            # large objects across connections; lakever reads small ones here.
+            extra = {} if self.is_local else {"max_concurrency": 1}
+            data: bytes = self.fs.cat_file(self.path, **extra)
         except FileNotFoundError:
             raise
         except (IsADirectoryError, NotADirectoryError):

@@ -80,6 +80,13 @@ def test_bad_staged_rows_fail_the_commit_naming_file_and_row(ds: lv.Dataset) -> 
     _stage(dup, "b.parquet", labels(FIDS[1:3], per_frame=1, start=8))
     with pytest.raises(lv.ValidationError, match="duplicate_key"):
         dup.commit()
+    inner = ds.writer("labels", job_id="dup-in-one-file")  # keys are checked once, across files
+    twice = labels(FIDS[4:6], per_frame=1, start=8)
+    _stage(inner, "a.parquet", pl.concat([twice, twice.head(1)]))
+    _stage(inner, "b.parquet", labels(FIDS[6:8], per_frame=1, start=8))
+    with pytest.raises(lv.ValidationError, match="duplicate_key") as err:
+        inner.commit()
+    assert [e.key for e in err.value.errors] == [twice["label_id"][0]] * 2  # both rows
     ghost = ds.writer("labels", job_id="ghost")
     _stage(ghost, "a.parquet", labels(["nowhere"], per_frame=1, start=9))
     with pytest.raises(lv.ValidationError, match="missing_frame"):
