@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 from datetime import date, datetime, timedelta, timezone
@@ -16,7 +17,8 @@ from hypothesis import strategies as st
 
 import lakever as lv
 from lakever import _datafiles, _delta, _deltalog, _order
-from lakever.errors import LakeverError
+from lakever.errors import LakeverError, StorageError
+from lakever.storage import Location
 from tests.helpers import CLASSES, frames, labels
 
 
@@ -148,3 +150,33 @@ def test_repeated_values_stay_exact_when_every_hash_collides(
     )
     assert sorted(_order.repeated_values(keys).to_list()) == ["a", "b"]
     assert _order.repeated_values(pl.Series("k", ["x", "z", "y"])).to_list() == []
+
+
+def test_a_full_disk_midway_through_an_import_leaves_nothing_behind(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_delta, "TARGET_FILE_SIZE", 4096)
+    ds = local_lake.create_dataset("d", classes=CLASSES)
+    fids = [f"f{i:04d}" for i in range(3000)]
+    ds.add_frames(frames(fids))
+    head = ds.head
+    folder = Path(ds.root.child("labels").uri)
+    before = {p.name for p in folder.glob("*.parquet")}
+    real_put = Location.put
+    stored: list[str] = []
+
+    def put(self: Location, data: bytes) -> None:
+        if self.name.startswith("part-") and "/labels/" in self.uri:
+            stored.append(self.name)
+            if len(stored) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_put(self, data)
+
+    monkeypatch.setattr(Location, "put", put)
+    with pytest.raises(StorageError, match="No space left"):
+        ds.upsert_labels(labels(fids, per_frame=3))
+    monkeypatch.setattr(Location, "put", real_put)
+    assert len(stored) >= 3
+    assert ds.head == head
+    assert {p.name for p in folder.glob("*.parquet")} == before  # the files it wrote are gone
+    assert ds.upsert_labels(labels(fids, per_frame=3)).counts["labels"].added == 9000
