@@ -18,6 +18,7 @@ import pytest
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 import lakever as lv
+from lakever import _delta
 from tests.helpers import CLASSES, content_hash, frames, table_hash
 
 WORKER = str(Path(__file__).with_name("_worker.py"))
@@ -308,18 +309,20 @@ def vectors(ds: lv.Dataset) -> int:
     )
 
 
-#: A target file size that makes the 5,000-frame base file large (~24 KiB) and
-#: the writers' files small, so compaction leaves the base file to `optimize`.
-SMALL_TARGET = 32 * 1024
-
-
 def dataset_with_vectors(lake: lv.Lake, monkeypatch: pytest.MonkeyPatch) -> lv.Dataset:
-    """The shared dataset over a 5,000-frame base, one frame edited: a vector in frames."""
-    from lakever import _delta
+    """The shared dataset over a 5,000-frame base, one frame edited: a vector in frames.
+
+    The target file size is then set to 1.5x the base file, so that file counts
+    as large and the writers' files as small: compaction leaves the base file
+    (and its vector) to `optimize`.
+    """
+    from lakever import _deltalog
 
     ds = base_dataset(lake)
-    ds.add_frames(frames([f"shared-b{i:04d}" for i in range(5000)]))  # one file
-    monkeypatch.setattr(_delta, "TARGET_FILE_SIZE", SMALL_TARGET)
+    commit = ds.add_frames(frames([f"shared-b{i:04d}" for i in range(5000)]))  # one file
+    loc = ds.table_location("frames")
+    files = _deltalog.files_at(loc, commit.table_versions["frames"]).adds.values()
+    monkeypatch.setattr(_delta, "TARGET_FILE_SIZE", int(max(int(a["size"]) for a in files) * 1.5))
     ds.update_frames([{"frame_id": "shared-b0007", "width": 7}])
     assert vectors(ds) == 1
     return ds
@@ -335,7 +338,7 @@ def test_optimize_racing_writers_loses_nothing(
     _, options = lake_uri
     commits, runs = (12, 6) if backend == "local" else (5, 3)
     ds = dataset_with_vectors(lake, monkeypatch)
-    monkeypatch.setenv("LAKEVER_TEST_TARGET_FILE_SIZE", str(SMALL_TARGET))
+    monkeypatch.setenv("LAKEVER_TEST_TARGET_FILE_SIZE", str(_delta.TARGET_FILE_SIZE))
     procs = [spawn("concurrent", lake.uri, "shared", f"w{w}", commits, options) for w in range(2)]
     procs.append(
         spawn(
@@ -376,7 +379,7 @@ def test_sigkill_during_optimize_never_breaks_the_dataset(
     local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ds = dataset_with_vectors(local_lake, monkeypatch)
-    monkeypatch.setenv("LAKEVER_TEST_TARGET_FILE_SIZE", str(SMALL_TARGET))
+    monkeypatch.setenv("LAKEVER_TEST_TARGET_FILE_SIZE", str(_delta.TARGET_FILE_SIZE))
     ds.create_snapshot("base")
     want = {"base": content_hash(ds.at("base"))}
     rng = random.Random(11)
