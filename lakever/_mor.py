@@ -46,7 +46,7 @@ from lakever._delta import (
     props,
 )
 from lakever._feed import FILE_COLUMN, POS_COLUMN, live_rows, lookup, scan_file
-from lakever.errors import LakeverError, StorageError
+from lakever.errors import InvalidInputError, LakeverError, StorageError
 from lakever.storage import Location
 
 log = logging.getLogger("lakever")
@@ -174,6 +174,12 @@ def adopt(
     """
     base = dt.version()
     files = _deltalog.files_at(loc, base)
+    if not can_write(loc, base):
+        raise InvalidInputError(
+            f"table {loc.uri} carries constraints or computed columns set outside lakever; "
+            "staged files cannot be checked against them: write these rows with an "
+            "ordinary upsert instead"
+        )
     now = int(time.time() * 1000)
     removed_rows = 0
     with writing(loc, "adopt staged files into") as written:
@@ -197,6 +203,15 @@ def adopt(
     return after_publish(dt, loc, files)
 
 
+def can_write(loc: Location, version: int) -> bool:
+    """Whether lakever may write this table version by hand (edits, appends, adoptions).
+
+    Not when the table asks its writers to enforce or compute something
+    (constraints, generated columns, ... set from outside): delta-rs does.
+    """
+    return _datafiles.own_writer_can_write(_deltalog.files_at(loc, version))
+
+
 def can_append(loc: Location, version: int, rows: pl.DataFrame) -> bool:
     """Whether `append` may write `rows` to this table version.
 
@@ -204,9 +219,7 @@ def can_append(loc: Location, version: int, rows: pl.DataFrame) -> bool:
     (`_datafiles.own_writer_can_write`) or a new column needs a table feature.
     """
     files = _deltalog.files_at(loc, version)
-    return (
-        _datafiles.own_writer_can_write(files) and _datafiles.added_fields(files, rows) is not None
-    )
+    return can_write(loc, version) and _datafiles.added_fields(files, rows) is not None
 
 
 def append(dt: DeltaTable, loc: Location, rows: pl.DataFrame, claim: Mapping[str, str]) -> int:

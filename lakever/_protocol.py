@@ -455,7 +455,11 @@ class CommitRunner:
                 version = _delta.append(dt, rows, claim)
             else:
                 version = _mor.append(dt, loc, rows, claim)
-        elif self._edits == MERGE_ON_READ and not _adds_columns(dt, change):
+        elif (
+            self._edits == MERGE_ON_READ
+            and not _adds_columns(dt, change)
+            and _mor.can_write(loc, dt.version())
+        ):
             if not _mor.supports_vectors(loc, dt.version()):
                 _mor.enable_vectors(dt, claim)
                 entry.written = dt.version()

@@ -92,6 +92,27 @@ def test_a_table_with_an_outside_constraint_is_written_by_delta_rs(local_lake: l
     assert ds.read("labels").height == 2
     ds.upsert_labels(labels(["b"]))  # keeps it: committed
     assert ds.read("labels").height == 4
+    # edits (merge-on-read would write them by hand) go through delta-rs too
+    first = ds.read("labels").sort("label_id").head(1)
+    head = ds.head
+    with pytest.raises(LakeverError):
+        ds.upsert_labels(first.with_columns(x=pl.lit(-1.0)))
+    assert ds.head == head
+    ds.upsert_labels(first.with_columns(x=pl.lit(99.0)))
+    got = ds.read("labels").filter(pl.col("label_id") == first["label_id"][0])
+    assert got["x"].to_list() == [99.0]
+    ds.delete_labels([first["label_id"][0]])
+    assert ds.read("labels").height == 3
+    # staged files cannot be checked against the constraint: refused, nothing visible
+    head = ds.head
+    w = ds.writer("labels", job_id="vendor-1")
+    Path(w.staging_uri).mkdir(parents=True)
+    staged = labels(["a"], start=5).with_columns(x=pl.lit(-3.0))
+    pl.from_arrow(staged.to_arrow().cast(w.schema)).write_parquet(f"{w.staging_uri}/p.parquet")  # type: ignore[union-attr]
+    with pytest.raises(lv.InvalidInputError, match="constraints"):
+        w.commit()
+    assert ds.head == head
+    assert ds.read("labels").height == 3
 
 
 def test_statistics_bound_every_value_and_prune_exactly(tmp_path: Path) -> None:
