@@ -175,11 +175,7 @@ def adopt(
     base = dt.version()
     files = _deltalog.files_at(loc, base)
     if not can_write(loc, base):
-        raise InvalidInputError(
-            f"table {loc.uri} carries constraints or computed columns set outside lakever; "
-            "staged files cannot be checked against them: write these rows with an "
-            "ordinary upsert instead"
-        )
+        raise constrained(loc)  # set from outside since the writer checked
     now = int(time.time() * 1000)
     removed_rows = 0
     with writing(loc, "adopt staged files into") as written:
@@ -210,6 +206,15 @@ def can_write(loc: Location, version: int) -> bool:
     (constraints, generated columns, ... set from outside): delta-rs does.
     """
     return _datafiles.own_writer_can_write(_deltalog.files_at(loc, version))
+
+
+def constrained(loc: Location) -> InvalidInputError:
+    """The refusal of an adoption into a table `can_write` refuses."""
+    return InvalidInputError(
+        f"table {loc.uri} carries constraints or computed columns set outside lakever; "
+        "staged files cannot be checked against them: write these rows with an "
+        "ordinary upsert instead"
+    )
 
 
 def can_append(loc: Location, version: int, rows: pl.DataFrame) -> bool:

@@ -22,7 +22,7 @@ def write(
     first commit.
     """
     w = ds.writer(table, mode=mode, job_id=job_id)
-    if w._marker().read_or_none() is None:
+    if not w.committed():
         schema = w.schema
         ddf[[f.name for f in schema]].to_parquet(
             w.staging_uri,

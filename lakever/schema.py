@@ -401,8 +401,9 @@ def prepare_rows(
     """
     df = to_polars(data)
     check = _Checker(table, df, key_column(table_kind(table)), None)
-    prep = _Preparation(table, classes, existing, partial, check, screen=False)
-    prep.unique_keys = unique_keys
+    prep = _Preparation(
+        table, classes, existing, partial, check, screen=False, unique_keys=unique_keys
+    )
     out = prep.run(df)
     check.raise_if_any()
     return out
@@ -479,6 +480,7 @@ class _Preparation:
         *,
         screen: bool,
         rules: Sequence[Rule] = (),
+        unique_keys: bool = True,
     ) -> None:
         self.table = table
         self.kind = table_kind(table)
@@ -488,7 +490,7 @@ class _Preparation:
         self.check = check
         self.screen = screen
         self.extra_rules = list(rules)
-        self.unique_keys = True
+        self.unique_keys = unique_keys
         self.index: pl.Series | None = check._index
 
     def _stage_done(self, df: pl.DataFrame) -> pl.DataFrame | None:

@@ -159,7 +159,6 @@ def write(
     with the same `job_id` returns the first commit.
     """
     w = ds.writer(table, mode=mode, job_id=job_id)
-    done = w._marker().read_or_none()
-    if done is None:
+    if not w.committed():
         sdf.select(*[f.name for f in w.schema]).write.mode("overwrite").parquet(w.staging_uri)
     return w.commit(message=message)

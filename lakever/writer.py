@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from lakever import _datafiles, _deltalog
+from lakever import _datafiles, _deltalog, _mor
 from lakever._order import flag_sorted, repeated_values
 from lakever.commits import ChangeCounts, Commit
 from lakever.errors import InvalidInputError, RowError, ValidationError
@@ -125,6 +125,10 @@ class StagedWriter:
     def _marker(self) -> Location:
         return self._ds.root.child("_lakever", "jobs", f"{encode(self.job_id)}.json")
 
+    def committed(self) -> bool:
+        """Whether this job's commit was made (a retried job then skips its writes)."""
+        return self._marker().read_or_none() is not None
+
     def commit(self, *, message: str | None = None, author: str | None = None) -> Commit:
         """Validate the staged files, then adopt them in one commit (see the module doc).
 
@@ -133,15 +137,20 @@ class StagedWriter:
         Raises:
             ValidationError: a staged row breaks a rule (file and row named); nothing
                 is committed.
-            InvalidInputError: no staged file, or a file whose columns or types
-                differ from the table's.
+            InvalidInputError: no staged file, a file whose columns or types
+                differ from the table's, or a table with constraints or computed
+                columns set outside lakever (staged files cannot be checked
+                against them).
         """
         ds = self._ds
         done = self._marker().read_or_none()
         if done is not None:
             return ds._log.get(int(json.loads(done)["seq"]))
-        adoption, frames_of = self._validate()
         loc = ds.table_location(self.table)
+        version = ds.head.table_versions.get(self.table)
+        if version is not None and not _mor.can_write(loc, version):
+            raise _mor.constrained(loc)  # before reading any staged row
+        adoption, frames_of = self._validate()
         set_name = (
             self.table[len(INFERENCES_PREFIX) :]
             if self.table.startswith(INFERENCES_PREFIX)

@@ -22,18 +22,25 @@ from lakever.storage import Location
 from tests.helpers import CLASSES, frames, labels
 
 
-def _ops(ds: lv.Dataset, table: str) -> list[str]:
+def _writers(ds: lv.Dataset, table: str) -> list[tuple[str, str]]:
+    """(operation, engine) of each version of `table` at HEAD, newest first."""
     dt = _delta.table_at(ds.root.child(table), ds.head.table_versions[table])
-    return [h["operation"] for h in dt.history()]
+    return [(h["operation"], h.get("engineInfo", "")) for h in dt.history()]
+
+
+def _many_frames(lake: lv.Lake, monkeypatch: pytest.MonkeyPatch) -> tuple[lv.Dataset, list[str]]:
+    """A dataset of 3,000 frames, with data files of 4 KiB (an import makes several)."""
+    monkeypatch.setattr(_delta, "TARGET_FILE_SIZE", 4096)
+    ds = lake.create_dataset("d", classes=CLASSES)
+    fids = [f"f{i:04d}" for i in range(3000)]
+    ds.add_frames(frames(fids))
+    return ds, fids
 
 
 def test_bulk_import_writes_sorted_even_files_readable_by_delta(
     lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_delta, "TARGET_FILE_SIZE", 4096)
-    ds = lake.create_dataset("d", classes=CLASSES)
-    fids = [f"f{i:04d}" for i in range(3000)]
-    ds.add_frames(frames(fids))
+    ds, fids = _many_frames(lake, monkeypatch)
     rows = labels(fids, per_frame=3).sample(fraction=1.0, shuffle=True, seed=1)
     commit = ds.upsert_labels(rows)
     loc = ds.root.child("labels")
@@ -48,8 +55,8 @@ def test_bulk_import_writes_sorted_even_files_readable_by_delta(
     dt = _delta.table_at(loc, commit.table_versions["labels"])
     got = pl.DataFrame(dt.to_pyarrow_table()).sort("label_id")  # a plain Delta reader
     assert got.select(rows.columns).equals(rows.sort("label_id"))
-    assert _ops(ds, "labels")[0] == "WRITE"
-    assert "WRITE" in _ops(ds, "frames")
+    assert _writers(ds, "labels")[0] == ("WRITE", "lakever")  # lakever's writer, not delta-rs
+    assert ("WRITE", "lakever") in _writers(ds, "frames")
 
 
 def test_new_columns_widen_the_schema_and_old_rows_read_null(lake: lv.Lake) -> None:
@@ -77,6 +84,7 @@ def test_naive_timestamp_column_goes_through_delta_rs(local_lake: lv.Lake) -> No
     assert "timestampNtz" in (
         DeltaTable(ds.root.child("labels").uri).protocol().writer_features or []
     )
+    assert _writers(ds, "labels")[0][1].startswith("delta-rs")
 
 
 def test_a_table_with_an_outside_constraint_is_written_by_delta_rs(local_lake: lv.Lake) -> None:
@@ -92,6 +100,7 @@ def test_a_table_with_an_outside_constraint_is_written_by_delta_rs(local_lake: l
     assert ds.read("labels").height == 2
     ds.upsert_labels(labels(["b"]))  # keeps it: committed
     assert ds.read("labels").height == 4
+    assert _writers(ds, "labels")[0][1].startswith("delta-rs")  # which enforced it
     # edits (merge-on-read would write them by hand) go through delta-rs too
     first = ds.read("labels").sort("label_id").head(1)
     head = ds.head
@@ -99,6 +108,8 @@ def test_a_table_with_an_outside_constraint_is_written_by_delta_rs(local_lake: l
         ds.upsert_labels(first.with_columns(x=pl.lit(-1.0)))
     assert ds.head == head
     ds.upsert_labels(first.with_columns(x=pl.lit(99.0)))
+    assert _writers(ds, "labels")[0][0] == "MERGE"
+    assert _writers(ds, "labels")[0][1].startswith("delta-rs")  # not lakever's own commit
     got = ds.read("labels").filter(pl.col("label_id") == first["label_id"][0])
     assert got["x"].to_list() == [99.0]
     ds.delete_labels([first["label_id"][0]])
@@ -107,7 +118,8 @@ def test_a_table_with_an_outside_constraint_is_written_by_delta_rs(local_lake: l
     head = ds.head
     w = ds.writer("labels", job_id="vendor-1")
     Path(w.staging_uri).mkdir(parents=True)
-    staged = labels(["a"], start=5).with_columns(x=pl.lit(-3.0))
+    # a class outside the map too: refused for the table before any staged row is read
+    staged = labels(["a"], start=5).with_columns(x=pl.lit(-3.0), cls=pl.lit("zebra"))
     pl.from_arrow(staged.to_arrow().cast(w.schema)).write_parquet(f"{w.staging_uri}/p.parquet")  # type: ignore[union-attr]
     with pytest.raises(lv.InvalidInputError, match="constraints"):
         w.commit()
@@ -176,10 +188,7 @@ def test_repeated_values_stay_exact_when_every_hash_collides(
 def test_a_full_disk_midway_through_an_import_leaves_nothing_behind(
     local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_delta, "TARGET_FILE_SIZE", 4096)
-    ds = local_lake.create_dataset("d", classes=CLASSES)
-    fids = [f"f{i:04d}" for i in range(3000)]
-    ds.add_frames(frames(fids))
+    ds, fids = _many_frames(local_lake, monkeypatch)
     head = ds.head
     folder = Path(ds.root.child("labels").uri)
     before = {p.name for p in folder.glob("*.parquet")}

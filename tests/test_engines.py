@@ -223,3 +223,23 @@ def test_spark_reads_a_branch_head_by_name(local_lake: lv.Lake, spark: object) -
     df = spark.read.format("delta").option("versionAsOf", row.version).load(f"{root}/{row.uri}")  # type: ignore[attr-defined]
     got = sorted((r["label_id"], r["cls"]) for r in df.select("label_id", "cls").collect())
     assert got == sorted(qa.read("labels").select("label_id", "cls").iter_rows())
+
+
+def test_a_vector_past_its_file_is_reported_not_read_around(
+    local_lake: lv.Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-file reader (Dask, Daft) refuses a damaged vector instead of guessing."""
+    from pyroaring import BitMap64
+
+    from lakever import _deltalog
+
+    ds = local_lake.create_dataset("d", classes=CLASSES)
+    fids = [f"f{i:02d}" for i in range(20)]
+    ds.add_frames(frames(fids))
+    ds.upsert_labels(labels(fids))  # one file of 40 rows
+    ds.delete_labels(["f00-l0"])  # masked in a vector (too few to rewrite the file)
+    got = ds.at("HEAD").to_dask("labels").compute()["label_id"]
+    assert len(got) == 39 and "f00-l0" not in set(got)
+    monkeypatch.setattr(_deltalog, "read_vector", lambda loc, dv: BitMap64([0, 40]))
+    with pytest.raises(lv.StorageError, match="marks row 40 of a file of 40 rows"):
+        ds.at("HEAD").to_dask("labels").compute(scheduler="synchronous")
